@@ -1,0 +1,194 @@
+"""Metrics and retrieval scoring: plain functions on numpy arrays, no torch or pytest.
+
+Conventions shared by every function here:
+
+- `scores` is an (N, C) array of image-text similarities, one row per image and one
+  column per class prompt; `y_true` holds class indices into those columns.
+- Ties are broken by class order: when two prompts score the same for an image, the
+  one with the lower column index ranks first. `rank_classes` applies the rule and
+  every ranking metric derives from it, so zero-shot accuracy and top-1 accuracy are
+  one computation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import classification_report as _sklearn_report
+
+RETRIEVAL_METHODS = (1, 2, 3, 4)
+RANK_SCORE_POINTS = 5  # points for the true class at rank 1, falling by one per rank
+
+
+class MetricWarning(UserWarning):
+    """A metric that can be computed but means little for the given inputs."""
+
+
+def _check_scores(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D array (N, C); got shape {scores.shape}")
+    if y_true.shape != (scores.shape[0],):
+        raise ValueError(
+            f"y_true must have shape ({scores.shape[0]},) to match scores; "
+            f"got {y_true.shape}"
+        )
+    if y_true.size and (y_true.min() < 0 or y_true.max() >= scores.shape[1]):
+        raise ValueError(
+            f"y_true holds class indices in [0, {scores.shape[1]}); "
+            f"got values from {y_true.min()} to {y_true.max()}"
+        )
+    return y_true.astype(np.int64), scores
+
+
+def rank_classes(scores: np.ndarray) -> np.ndarray:
+    """Return the (N, C) class indices of each row, most similar first.
+
+    Ties keep column order (a stable sort on the negated scores).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def true_class_ranks(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Return the 1-based rank of the true class in each row of `scores`, shape (N,)."""
+    y_true, scores = _check_scores(y_true, scores)
+    order = rank_classes(scores)
+    return np.argmax(order == y_true[:, None], axis=1) + 1
+
+
+def top_k_accuracy(ranks: np.ndarray, *, k: int) -> float:
+    """Return the share of items whose true class ranks within the top `k`.
+
+    `ranks` comes from `true_class_ranks`. Top-1 accuracy is zero-shot accuracy.
+    """
+    ranks = np.asarray(ranks)
+    if k < 1:
+        raise ValueError(f"k must be at least 1; got {k}")
+    if ranks.size == 0:
+        raise ValueError("ranks is empty: no items to score")
+    return float(np.mean(ranks <= k))
+
+
+def top_k_curve(ranks: np.ndarray, *, max_k: int) -> list[float]:
+    """Return top-K accuracy for K = 1..max_k."""
+    return [top_k_accuracy(ranks, k=k) for k in range(1, max_k + 1)]
+
+
+def rank_points(ranks: np.ndarray) -> np.ndarray:
+    """Return per-item rank points: 5 at rank 1, 4 at rank 2, ... 1 at rank 5, else 0."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    return np.clip(RANK_SCORE_POINTS + 1 - ranks, 0, RANK_SCORE_POINTS)
+
+
+def rank_score(ranks: np.ndarray) -> int:
+    """Return the summed rank points over all items; the maximum is 5 x N."""
+    return int(rank_points(ranks).sum())
+
+
+def classification_report(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    *,
+    labels: Sequence[str],
+    zero_division: float = 0.0,
+) -> dict:
+    """Return sklearn's classification report as a dict, for the given label order.
+
+    Labels absent from both `y_true` and `y_pred` are kept with support 0; precision
+    or recall that would divide by zero take `zero_division`, and a MetricWarning
+    names the classes concerned.
+    """
+    y_true = list(y_true)
+    y_pred = list(y_pred)
+    labels = list(labels)
+    absent_true = [label for label in labels if label not in set(y_true)]
+    absent_pred = [label for label in labels if label not in set(y_pred)]
+    if absent_true:
+        warnings.warn(
+            f"classes with no test items: {', '.join(absent_true)}; their recall and F1 "
+            f"are set to {zero_division}",
+            MetricWarning,
+            stacklevel=2,
+        )
+    if absent_pred:
+        warnings.warn(
+            f"classes never predicted: {', '.join(absent_pred)}; their precision is "
+            f"set to {zero_division}",
+            MetricWarning,
+            stacklevel=2,
+        )
+    return _sklearn_report(
+        y_true,
+        y_pred,
+        labels=labels,
+        output_dict=True,
+        zero_division=zero_division,
+    )
+
+
+def judge_results(
+    result_categories: Sequence[str],
+    result_attributes: Sequence[str],
+    *,
+    category: str,
+    attribute: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (category_ok, attribute_ok) boolean arrays for a ranked result list."""
+    category_ok = np.array([value == category for value in result_categories], dtype=bool)
+    attribute_ok = np.array([value == attribute for value in result_attributes], dtype=bool)
+    return category_ok, attribute_ok
+
+
+def retrieval_points(category_ok: np.ndarray, attribute_ok: np.ndarray) -> dict[int, np.ndarray]:
+    """Return the per-result points of the four scoring methods, keyed 1 to 4.
+
+    Position p counts from 1 at the top result. Per result:
+    method 1: both correct 3, category only 2, attribute only 1, neither 0;
+    method 2: 1 if the attribute is correct;
+    method 3: 6 - p if both are correct;
+    method 4: 6 - p if the attribute is correct.
+    """
+    category_ok = np.asarray(category_ok, dtype=bool)
+    attribute_ok = np.asarray(attribute_ok, dtype=bool)
+    if category_ok.shape != attribute_ok.shape or category_ok.ndim != 1:
+        raise ValueError(
+            "category_ok and attribute_ok must be 1-D arrays of one shape; got "
+            f"{category_ok.shape} and {attribute_ok.shape}"
+        )
+    position_points = np.clip(6 - np.arange(1, category_ok.size + 1), 0, None)
+    both = category_ok & attribute_ok
+    return {
+        1: np.where(both, 3, np.where(category_ok, 2, np.where(attribute_ok, 1, 0))),
+        2: attribute_ok.astype(np.int64),
+        3: np.where(both, position_points, 0),
+        4: np.where(attribute_ok, position_points, 0),
+    }
+
+
+def retrieval_scores(category_ok: np.ndarray, attribute_ok: np.ndarray) -> dict[int, int]:
+    """Return each method's total for one case's ranked results."""
+    return {
+        method: int(points.sum())
+        for method, points in retrieval_points(category_ok, attribute_ok).items()
+    }
+
+
+def max_retrieval_scores(k: int) -> dict[int, int]:
+    """Return the maximum total per method for a case of `k` results."""
+    perfect = np.ones(k, dtype=bool)
+    return retrieval_scores(perfect, perfect)
+
+
+def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    """Return the share of positions where prediction equals truth."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(
+            f"y_true and y_pred must have one length; got {len(y_true)} and {len(y_pred)}"
+        )
+    if not y_true:
+        raise ValueError("y_true is empty: no items to score")
+    return float(np.mean([a == b for a, b in zip(y_true, y_pred, strict=True)]))

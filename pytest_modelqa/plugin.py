@@ -1,0 +1,1 @@
+"""pytest hooks: options, suite collection and session state."""
