@@ -95,7 +95,9 @@ def load_catalog(path: str | Path, *, name: str | None = None) -> Catalog:
         raise CatalogError(f"catalog manifest not found: {manifest}")
     raw = manifest.read_bytes()
     try:
-        frame = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(
+            manifest, dtype=str, keep_default_na=False, encoding="utf-8"
+        )
     except UnicodeDecodeError as error:
         raise CatalogError(
             f"{manifest}: not valid UTF-8 at byte {error.start}; re-save it as UTF-8"
@@ -111,7 +113,9 @@ def load_catalog(path: str | Path, *, name: str | None = None) -> Catalog:
     duplicated = frame["id"][frame["id"].duplicated()].unique().tolist()
     if duplicated:
         shown = ", ".join(duplicated[:5])
-        raise CatalogError(f"{manifest}: duplicate id {shown} ({len(duplicated)} in all)")
+        raise CatalogError(
+            f"{manifest}: duplicate id {shown} ({len(duplicated)} in all)"
+        )
     bad_splits = sorted(set(frame["split"]) - set(SPLITS))
     if bad_splits:
         raise CatalogError(

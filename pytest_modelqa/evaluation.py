@@ -26,7 +26,9 @@ class MetricWarning(UserWarning):
     """A metric that can be computed but means little for the given inputs."""
 
 
-def _check_scores(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores(
+    y_true: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64)
     y_true = np.asarray(y_true)
     if scores.ndim != 2:
@@ -138,12 +140,18 @@ def judge_results(
     attribute: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (category_ok, attribute_ok) boolean arrays for a ranked result list."""
-    category_ok = np.array([value == category for value in result_categories], dtype=bool)
-    attribute_ok = np.array([value == attribute for value in result_attributes], dtype=bool)
+    category_ok = np.array(
+        [value == category for value in result_categories], dtype=bool
+    )
+    attribute_ok = np.array(
+        [value == attribute for value in result_attributes], dtype=bool
+    )
     return category_ok, attribute_ok
 
 
-def retrieval_points(category_ok: np.ndarray, attribute_ok: np.ndarray) -> dict[int, np.ndarray]:
+def retrieval_points(
+    category_ok: np.ndarray, attribute_ok: np.ndarray
+) -> dict[int, np.ndarray]:
     """Return the per-result points of the four scoring methods, keyed 1 to 4.
 
     Position p counts from 1 at the top result. Per result:
@@ -169,7 +177,9 @@ def retrieval_points(category_ok: np.ndarray, attribute_ok: np.ndarray) -> dict[
     }
 
 
-def retrieval_scores(category_ok: np.ndarray, attribute_ok: np.ndarray) -> dict[int, int]:
+def retrieval_scores(
+    category_ok: np.ndarray, attribute_ok: np.ndarray
+) -> dict[int, int]:
     """Return each method's total for one case's ranked results."""
     return {
         method: int(points.sum())

@@ -58,9 +58,11 @@ class LoadedModel:
         """Return a short display name: the file stem or the spec itself."""
         if self.spec.startswith(("hf-hub:", "local-dir:")):
             return self.spec.split(":", 1)[1].rstrip("/").split("/")[-1]
-        return Path(self.spec.split(":", 1)[-1]).stem if ":" in self.spec else Path(
-            self.spec
-        ).stem
+        return (
+            Path(self.spec.split(":", 1)[-1]).stem
+            if ":" in self.spec
+            else Path(self.spec).stem
+        )
 
 
 def file_sha256(path: str | Path, *, chunk_size: int = 1 << 20) -> str:
@@ -118,7 +120,11 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
         raise ValueError(f"checkpoint payload lacks {', '.join(missing)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}
+    body = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        **payload,
+    }
     partial = path.with_name(f".{path.name}.partial")
     try:
         with open(partial, "wb") as handle:
@@ -173,7 +179,9 @@ def _load_trainer_checkpoint(spec: str, payload: dict) -> LoadedModel:
 
 
 def _load_weights(model: torch.nn.Module, state_dict: dict, spec: str) -> None:
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    state_dict = {
+        key.removeprefix("module."): value for key, value in state_dict.items()
+    }
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
@@ -214,7 +222,9 @@ def _load_open_clip(spec: str) -> LoadedModel:
         )
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
-        raise ModelLoadError(f"{spec}: open_clip could not load it ({error})") from error
+        raise ModelLoadError(
+            f"{spec}: open_clip could not load it ({error})"
+        ) from error
     model_cfg = open_clip.get_model_config(name)
     if pretrained and Path(pretrained).is_file():
         fingerprint = file_sha256(pretrained)

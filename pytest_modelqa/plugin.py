@@ -1,1 +1,221 @@
-"""pytest hooks: options, suite collection and session state."""
+"""pytest hooks: options, suite collection, session state and the terminal summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_modelqa import __version__
+from pytest_modelqa.catalog import FIXTURES_DIR
+from pytest_modelqa.gate import select_models
+from pytest_modelqa.items import SuiteFile
+from pytest_modelqa.runner import EncodeOptions, ModelPool
+from pytest_modelqa.state import GateState, state_key
+from pytest_modelqa.suite import SUITE_FILE_NAME
+
+logger = logging.getLogger(__name__)
+DEFAULT_BASELINE = FIXTURES_DIR / "baseline" / "standin.pt"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("modelqa", "model acceptance testing (pytest-modelqa)")
+    group.addoption(
+        "--model",
+        action="append",
+        default=[],
+        metavar="CKPT",
+        dest="modelqa_models",
+        help="Candidate model to gate: a trainer checkpoint or any baseline spec. "
+        "Repeat for several candidates. Default: none (suite items are skipped).",
+    )
+    group.addoption(
+        "--modelqa-baseline",
+        metavar="SPEC",
+        dest="modelqa_baseline",
+        default=None,
+        help="Baseline every candidate must beat: a trainer checkpoint, "
+        "local-dir:PATH, hf-hub:ORG/NAME or ARCH:WEIGHTS. "
+        "Default: the modelqa_baseline ini value, else the bundled stand-in baseline.",
+    )
+    group.addoption(
+        "--modelqa-device",
+        metavar="DEVICE",
+        dest="modelqa_device",
+        default="cpu",
+        help="Torch device for encoding, for example cpu, cuda or cuda:1. Default: cpu.",
+    )
+    group.addoption(
+        "--modelqa-batch-size",
+        metavar="N",
+        dest="modelqa_batch_size",
+        type=int,
+        default=64,
+        help="Images per encoding batch. Default: 64.",
+    )
+    group.addoption(
+        "--modelqa-workers",
+        metavar="N",
+        dest="modelqa_workers",
+        type=int,
+        default=0,
+        help="Data-loader worker processes for image decoding. Default: 0 (in process).",
+    )
+    parser.addini(
+        "modelqa_baseline",
+        "Default baseline spec when --modelqa-baseline is not given.",
+        default="",
+    )
+    parser.addini(
+        "modelqa_catalog_dirs",
+        "Folders searched for the catalogs that suites name, relative to the rootdir. "
+        "Default: fixtures.",
+        type="paths",
+        default=[],
+    )
+
+
+def _candidate_labels(specs: list[str]) -> dict[str, str]:
+    """Give each candidate a short, unique label: its file stem, else parent/stem."""
+    labels: dict[str, str] = {}
+    stems = [Path(spec).stem for spec in specs]
+    for spec, stem in zip(specs, stems, strict=True):
+        label = stem if stems.count(stem) == 1 else f"{Path(spec).parent.name}/{stem}"
+        while label in labels:
+            label += "'"
+        labels[label] = spec
+    return labels
+
+
+def _check_spec(option: str, spec: str) -> None:
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return
+    name, sep, _ = spec.partition(":")
+    if sep and not Path(spec).exists():
+        import open_clip
+
+        if name in open_clip.list_models():
+            return
+    if not Path(spec).is_file():
+        raise pytest.UsageError(
+            f"{option} {spec}: file not found, and not an hf-hub:ORG/NAME, "
+            "local-dir:PATH or ARCH:WEIGHTS spec"
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "modelqa(phase, check, candidate): an acceptance check of pytest-modelqa",
+    )
+    specs = config.getoption("modelqa_models")
+    for spec in specs:
+        _check_spec("--model", spec)
+    baseline = (
+        config.getoption("modelqa_baseline")
+        or config.getini("modelqa_baseline")
+        or str(DEFAULT_BASELINE)
+    )
+    if specs:
+        _check_spec("--modelqa-baseline", baseline)
+    if config.getoption("modelqa_batch_size") < 1:
+        raise pytest.UsageError("--modelqa-batch-size must be at least 1")
+    catalog_dirs = list(config.getini("modelqa_catalog_dirs")) or [
+        Path(config.rootpath) / "fixtures"
+    ]
+    if FIXTURES_DIR not in catalog_dirs:
+        catalog_dirs.append(FIXTURES_DIR)
+    options = EncodeOptions(
+        device=config.getoption("modelqa_device"),
+        batch_size=config.getoption("modelqa_batch_size"),
+        workers=config.getoption("modelqa_workers"),
+        progress=config.get_verbosity() >= 0 and not os.environ.get("CI"),
+    )
+    config.stash[state_key] = GateState(
+        baseline=baseline,
+        candidates=_candidate_labels(specs),
+        pool=ModelPool(options),
+        catalog_dirs=catalog_dirs,
+    )
+    if config.pluginmanager.hasplugin("html"):
+        from pytest_modelqa.report import HtmlReport
+
+        config.pluginmanager.register(HtmlReport(config), "modelqa-html")
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path):
+    if file_path.name == SUITE_FILE_NAME:
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(state_key, None)
+    if state is None or not state.candidates:
+        return []
+    import open_clip
+    import torch
+
+    return [
+        f"modelqa: pytest-modelqa {__version__}, torch {torch.__version__}, "
+        f"open_clip {open_clip.__version__}",
+        f"modelqa: baseline {state.baseline}",
+        f"modelqa: candidates {', '.join(state.candidates)}",
+    ]
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
+    state = config.stash.get(state_key, None)
+    if state is None or not state.runners:
+        return []
+    lines = []
+    for runner in state.runners.values():
+        suite = runner.suite
+        automated = 0
+        for case in suite.cases:
+            matches, _ = runner.match_count(case)
+            if matches >= suite.min_matches:
+                automated += 1
+            if config.option.collectonly:
+                mode = "automated" if matches >= suite.min_matches else "manual review"
+                lines.append(f"  case {case.id}: {matches} matching products, {mode}")
+        lines.insert(
+            0,
+            f"modelqa: suite {suite.name}: {len(suite.cases)} retrieval cases, "
+            f"{automated} automated (>= {suite.min_matches} matches), "
+            f"{len(suite.cases) - automated} for manual review",
+        )
+    return lines
+
+
+def pytest_terminal_summary(
+    terminalreporter, exitstatus, config: pytest.Config
+) -> None:
+    state = config.stash.get(state_key, None)
+    if state is None or not state.verdicts:
+        return
+    verdicts = state.verdicts
+    selection = select_models(verdicts, list(state.candidates))
+    terminalreporter.write_sep("=", "modelqa verdicts")
+    for label in state.candidates:
+        mine = [v for v in verdicts if v.candidate == label]
+        if not mine:
+            continue
+        failed = [v.check for v in mine if not v.passed]
+        verdict = "ACCEPTABLE" if not failed else "REJECTED"
+        if label in selection.winners:
+            verdict += " (winner)" if len(selection.winners) == 1 else " (tied winner)"
+        key = {v.check: v for v in mine}
+        deltas = ", ".join(
+            f"{name} {key[name].delta:+.4g}"
+            for name in ("zero_shot_accuracy", "rank_score", "method_1")
+            if name in key
+        )
+        passed = len(mine) - len(failed)
+        terminalreporter.write_line(
+            f"{label}: {verdict}, {passed}/{len(mine)} checks passed; {deltas}"
+        )
+        if failed:
+            terminalreporter.write_line(f"  failed: {', '.join(failed)}")

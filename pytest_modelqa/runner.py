@@ -1,0 +1,401 @@
+"""Computation of every figure a suite needs, once per model per session."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import string
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pytest_modelqa import evaluation
+from pytest_modelqa.catalog import Catalog
+from pytest_modelqa.embeddings import encode_images, encode_texts, top_k
+from pytest_modelqa.gate import Verdict, compare
+from pytest_modelqa.models import LoadedModel, ModelLoadError, load_model
+from pytest_modelqa.suite import Case, Suite
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeOptions:
+    """How images go through a model: device, batch size, loader workers, progress."""
+
+    device: str = "cpu"
+    batch_size: int = 64
+    workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class CaseResult:
+    """One model's answer to one retrieval case."""
+
+    case: Case
+    matches: int
+    automated: bool
+    result_ids: list[str] = field(default_factory=list)
+    result_categories: list[str] = field(default_factory=list)
+    result_attributes: list[str] = field(default_factory=list)
+    category_ok: list[bool] = field(default_factory=list)
+    attribute_ok: list[bool] = field(default_factory=list)
+    points: dict[int, list[int]] = field(default_factory=dict)
+    scores: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class ModelFigures:
+    """Every figure of one model on one suite."""
+
+    classification: dict
+    retrieval: dict[str, CaseResult]
+    benchmarks: dict[str, dict]
+
+
+class ModelPool:
+    """Loaded models and their image embeddings, shared by every suite of a session."""
+
+    def __init__(self, options: EncodeOptions):
+        self.options = options
+        self._models: dict[str, LoadedModel | ModelLoadError] = {}
+        self._images: dict[tuple[str, str], np.ndarray] = {}
+        self._texts: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+    def model(self, spec: str) -> LoadedModel:
+        """Load a model once; a failed load is remembered and raised again."""
+        if spec not in self._models:
+            try:
+                self._models[spec] = load_model(spec)
+            except ModelLoadError as error:
+                self._models[spec] = error
+        loaded = self._models[spec]
+        if isinstance(loaded, ModelLoadError):
+            raise loaded
+        return loaded
+
+    def image_embeddings(self, spec: str, catalog: Catalog) -> np.ndarray:
+        """Return (N, D) embeddings of a catalog's images, encoding each once."""
+        model = self.model(spec)
+        paths = catalog.image_paths()
+        key = (model.sha256, _paths_key(paths))
+        if key not in self._images:
+            logger.info(
+                "encoding %d images of %s with %s", len(paths), catalog.name, model.name
+            )
+            self._images[key] = encode_images(
+                model,
+                paths,
+                batch_size=self.options.batch_size,
+                workers=self.options.workers,
+                device=self.options.device,
+                progress=self.options.progress,
+                desc=f"{model.name}: {catalog.name}",
+            )
+        return self._images[key]
+
+    def text_embeddings(self, spec: str, texts: list[str]) -> np.ndarray:
+        """Return (T, D) embeddings of prompts, encoding each list once per model."""
+        model = self.model(spec)
+        key = (model.sha256, tuple(texts))
+        if key not in self._texts:
+            self._texts[key] = encode_texts(model, texts, device=self.options.device)
+        return self._texts[key]
+
+    def loaded(self) -> list[LoadedModel]:
+        return [
+            model for model in self._models.values() if isinstance(model, LoadedModel)
+        ]
+
+
+def _paths_key(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(path).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def format_prompt(template: str, *, value: str, category: str = "") -> str:
+    return template.format(value=value, category=category)
+
+
+def template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+class SuiteRunner:
+    """Figures and verdicts of one suite for the baseline and each candidate."""
+
+    def __init__(
+        self, suite: Suite, pool: ModelPool, baseline: str, candidates: dict[str, str]
+    ):
+        self.suite = suite
+        self.pool = pool
+        self.baseline = baseline
+        self.candidates = candidates  # label -> spec
+        self._figures: dict[str, ModelFigures] = {}
+        self._image_hashes: list[str] | None = None
+        self.verdicts: list[Verdict] = []
+
+    # -- figures --------------------------------------------------------------------
+
+    def figures(self, spec: str) -> ModelFigures:
+        if spec not in self._figures:
+            self._figures[spec] = ModelFigures(
+                classification=self._classification(spec),
+                retrieval={
+                    case.id: self._case(spec, case) for case in self.suite.cases
+                },
+                benchmarks={
+                    b.name: self._benchmark(spec, b) for b in self.suite.benchmarks
+                },
+            )
+        return self._figures[spec]
+
+    def attribute_classes(self) -> list[str]:
+        suite = self.suite
+        values = {
+            suite.canonical("", v) for v in suite.catalog.labels(suite.attribute_column)
+        }
+        if suite.none_policy == "exclude":
+            values.discard(suite.none_value)
+        return sorted(values)
+
+    def classification_items(self) -> np.ndarray:
+        """Return the catalog row indices scored in phase 1."""
+        suite = self.suite
+        frame = suite.catalog.frame
+        mask = np.ones(len(frame), dtype=bool)
+        if suite.classification_split != "all":
+            mask &= (frame["split"] == suite.classification_split).to_numpy()
+        if suite.none_policy == "exclude":
+            attributes = [
+                suite.canonical("", v)
+                for v in suite.catalog.labels(suite.attribute_column)
+            ]
+            mask &= np.array([value != suite.none_value for value in attributes])
+        return np.flatnonzero(mask)
+
+    def _classification(self, spec: str) -> dict:
+        suite = self.suite
+        classes = self.attribute_classes()
+        rows = self.classification_items()
+        if rows.size == 0:
+            raise ValueError(
+                f"suite {suite.name!r}: no items in split {suite.classification_split!r} "
+                "to classify"
+            )
+        images = self.pool.image_embeddings(spec, suite.catalog)[rows]  # (N, D)
+        all_attributes = suite.catalog.labels(suite.attribute_column)
+        all_categories = suite.catalog.labels(suite.category_column)
+        truth = [suite.canonical("", all_attributes[i]) for i in rows]
+        categories = [all_categories[i] for i in rows]
+        scores = self._attribute_scores(spec, images, categories, classes)  # (N, C)
+        y_true = np.array([classes.index(value) for value in truth])
+        ranks = evaluation.true_class_ranks(y_true, scores)
+        y_pred = [classes[i] for i in evaluation.rank_classes(scores)[:, 0]]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", evaluation.MetricWarning)
+            report = evaluation.classification_report(truth, y_pred, labels=classes)
+        max_k = max(suite.top_k, min(10, len(classes)))
+        return {
+            "classes": classes,
+            "ids": [suite.catalog.ids[i] for i in rows],
+            "y_true": truth,
+            "y_pred": y_pred,
+            "ranks": ranks,
+            "report": report,
+            "zero_shot_accuracy": evaluation.top_k_accuracy(ranks, k=1),
+            "top_k": evaluation.top_k_curve(ranks, max_k=max_k),
+            "rank_score": evaluation.rank_score(ranks),
+            "rank_score_max": evaluation.RANK_SCORE_POINTS * len(rows),
+            "warnings": [str(w.message) for w in caught],
+        }
+
+    def _attribute_scores(self, spec, images, categories, classes) -> np.ndarray:
+        template = self.suite.attribute_prompt
+        if "category" not in template_fields(template):
+            prompts = [format_prompt(template, value=value) for value in classes]
+            return images @ self.pool.text_embeddings(spec, prompts).T
+        scores = np.zeros((len(images), len(classes)), dtype=np.float32)
+        for category in sorted(set(categories)):
+            prompts = [
+                format_prompt(template, value=v, category=category) for v in classes
+            ]
+            texts = self.pool.text_embeddings(spec, prompts)  # (C, D)
+            rows = np.array([c == category for c in categories])
+            scores[rows] = images[rows] @ texts.T
+        return scores
+
+    def gallery(self) -> np.ndarray:
+        """Return the catalog row indices that form the retrieval gallery."""
+        frame = self.suite.catalog.frame
+        if self.suite.gallery_split == "all":
+            return np.arange(len(frame))
+        return np.flatnonzero((frame["split"] == self.suite.gallery_split).to_numpy())
+
+    def image_hashes(self) -> list[str]:
+        if self._image_hashes is None:
+            self._image_hashes = [
+                _sha256(path) for path in self.suite.catalog.image_paths()
+            ]
+        return self._image_hashes
+
+    def match_count(self, case: Case) -> tuple[int, np.ndarray]:
+        """Count gallery products matching a case; return it with the excluded mask."""
+        suite = self.suite
+        rows = self.gallery()
+        categories = suite.catalog.labels(suite.category_column)
+        attributes = suite.catalog.labels(suite.attribute_column)
+        excluded = np.zeros(rows.size, dtype=bool)
+        if case.image is not None:
+            own = _sha256(case.image)
+            hashes = self.image_hashes()
+            excluded = np.array([hashes[i] == own for i in rows], dtype=bool)
+        matches = sum(
+            1
+            for position, i in enumerate(rows)
+            if not excluded[position]
+            and categories[i] == case.category
+            and suite.canonical("", attributes[i]) == case.attribute
+        )
+        return matches, excluded
+
+    def _case(self, spec: str, case: Case) -> CaseResult:
+        suite = self.suite
+        matches, excluded = self.match_count(case)
+        result = CaseResult(case, matches, matches >= suite.min_matches)
+        if not result.automated:
+            return result
+        rows = self.gallery()
+        gallery = self.pool.image_embeddings(spec, suite.catalog)[rows]  # (G, D)
+        if case.text is not None:
+            query = self.pool.text_embeddings(spec, [case.text])  # (1, D)
+        else:
+            model = self.pool.model(spec)
+            query = encode_images(
+                model, [case.image], device=self.pool.options.device, progress=False
+            )
+        indices, _ = top_k(query, gallery, k=case.k, exclude=excluded[None, :])
+        picked = rows[indices[0]]
+        categories = suite.catalog.labels(suite.category_column)
+        attributes = suite.catalog.labels(suite.attribute_column)
+        result.result_ids = [suite.catalog.ids[i] for i in picked]
+        result.result_categories = [categories[i] for i in picked]
+        result.result_attributes = [suite.canonical("", attributes[i]) for i in picked]
+        category_ok, attribute_ok = evaluation.judge_results(
+            result.result_categories,
+            result.result_attributes,
+            category=case.category,
+            attribute=case.attribute,
+        )
+        result.category_ok = category_ok.tolist()
+        result.attribute_ok = attribute_ok.tolist()
+        points = evaluation.retrieval_points(category_ok, attribute_ok)
+        result.points = {method: values.tolist() for method, values in points.items()}
+        result.scores = {
+            method: int(sum(values)) for method, values in result.points.items()
+        }
+        return result
+
+    def _benchmark(self, spec: str, benchmark) -> dict:
+        catalog = benchmark.catalog
+        truth = catalog.labels(benchmark.column)
+        classes = sorted(set(truth))
+        prompts = [format_prompt(benchmark.prompt, value=value) for value in classes]
+        images = self.pool.image_embeddings(spec, catalog)  # (N, D)
+        scores = images @ self.pool.text_embeddings(spec, prompts).T  # (N, C)
+        predicted = [classes[i] for i in evaluation.rank_classes(scores)[:, 0]]
+        return {
+            "accuracy": evaluation.accuracy(truth, predicted),
+            "n": len(truth),
+            "classes": len(classes),
+            "chance": 1.0 / len(classes),
+        }
+
+    # -- verdicts -------------------------------------------------------------------
+
+    def classification_figure(
+        self, spec: str, check: str, k: int | None = None
+    ) -> float:
+        figures = self.figures(spec).classification
+        report = figures["report"]
+        if check == "macro_f1":
+            return report["macro avg"]["f1-score"]
+        if check == "weighted_f1":
+            return report["weighted avg"]["f1-score"]
+        if check == "macro_precision":
+            return report["macro avg"]["precision"]
+        if check == "macro_recall":
+            return report["macro avg"]["recall"]
+        if check == "zero_shot_accuracy":
+            return figures["zero_shot_accuracy"]
+        if check == "top_k_accuracy":
+            return figures["top_k"][k - 1]
+        if check == "rank_score":
+            return float(figures["rank_score"])
+        raise KeyError(check)
+
+    def retrieval_total(self, spec: str, method: int) -> float:
+        results = self.figures(spec).retrieval.values()
+        return float(sum(r.scores.get(method, 0) for r in results if r.automated))
+
+    def verdict(
+        self,
+        label: str,
+        check: str,
+        *,
+        k: int | None = None,
+        benchmark: str | None = None,
+    ) -> Verdict:
+        """Compare candidate `label` with the baseline on one check and record it."""
+        spec = self.candidates[label]
+        name = check if k is None else f"top_{k}_accuracy"
+        if benchmark is not None:
+            rule = next(b.rule for b in self.suite.benchmarks if b.name == benchmark)
+            observed = self.figures(spec).benchmarks[benchmark]["accuracy"]
+            base = self.figures(self.baseline).benchmarks[benchmark]["accuracy"]
+            verdict = compare(
+                f"benchmark_{benchmark}", "benchmark", label, observed, base, rule
+            )
+        elif check.startswith("method_"):
+            method = int(check.removeprefix("method_"))
+            observed = self.retrieval_total(spec, method)
+            base = self.retrieval_total(self.baseline, method)
+            automated = [
+                r for r in self.figures(spec).retrieval.values() if r.automated
+            ]
+            maximum = sum(
+                evaluation.max_retrieval_scores(r.case.k)[method] for r in automated
+            )
+            verdict = compare(
+                name,
+                "retrieval",
+                label,
+                observed,
+                base,
+                self.suite.retrieval_rules[check],
+                maximum=maximum,
+                cases=len(automated),
+            )
+        else:
+            observed = self.classification_figure(spec, check, k)
+            base = self.classification_figure(self.baseline, check, k)
+            verdict = compare(
+                name,
+                "classification",
+                label,
+                observed,
+                base,
+                self.suite.classification_rules[check],
+            )
+        self.verdicts.append(verdict)
+        return verdict
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
