@@ -26,13 +26,27 @@ class MetricWarning(UserWarning):
     """A metric that can be computed but means little for the given inputs."""
 
 
+def _check_score_matrix(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D array (N, C); got shape {scores.shape}")
+    # A NaN would sort last in every row and silently turn the ranking into column
+    # order, so a broken checkpoint would score as if it predicted class 0 throughout.
+    finite = np.isfinite(scores)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f"scores must be finite; got NaN or infinite values in {rows.size} of "
+            f"{scores.shape[0]} rows, first at row {rows[0]}"
+        )
+    return scores
+
+
 def _check_scores(
     y_true: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _check_score_matrix(scores)
     y_true = np.asarray(y_true)
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be a 2-D array (N, C); got shape {scores.shape}")
     if y_true.shape != (scores.shape[0],):
         raise ValueError(
             f"y_true must have shape ({scores.shape[0]},) to match scores; "
@@ -49,9 +63,10 @@ def _check_scores(
 def rank_classes(scores: np.ndarray) -> np.ndarray:
     """Return the (N, C) class indices of each row, most similar first.
 
-    Ties keep column order (a stable sort on the negated scores).
+    Ties keep column order (a stable sort on the negated scores). Raises ValueError
+    unless `scores` is a 2-D array of finite values.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _check_score_matrix(scores)
     return np.argsort(-scores, axis=1, kind="stable")
 
 
@@ -77,11 +92,13 @@ def top_k_accuracy(ranks: np.ndarray, *, k: int) -> float:
 
 def top_k_curve(ranks: np.ndarray, *, max_k: int) -> list[float]:
     """Return top-K accuracy for K = 1..max_k."""
+    if max_k < 1:
+        raise ValueError(f"max_k must be at least 1; got {max_k}")
     return [top_k_accuracy(ranks, k=k) for k in range(1, max_k + 1)]
 
 
 def rank_points(ranks: np.ndarray) -> np.ndarray:
-    """Return per-item rank points: 5 at rank 1, 4 at rank 2, ... 1 at rank 5, else 0."""
+    """Return per-item rank points: 5 at rank 1 down to 1 at rank 5, 0 beyond."""
     ranks = np.asarray(ranks, dtype=np.int64)
     return np.clip(RANK_SCORE_POINTS + 1 - ranks, 0, RANK_SCORE_POINTS)
 
@@ -100,26 +117,57 @@ def classification_report(
 ) -> dict:
     """Return sklearn's classification report as a dict, for the given label order.
 
-    Labels absent from both `y_true` and `y_pred` are kept with support 0; precision
-    or recall that would divide by zero take `zero_division`, and a MetricWarning
-    names the classes concerned.
+    Every label in `labels` gets a row, with support 0 when it has no true items.
+    The precision of a label never predicted and the recall of a label with no true
+    items would divide by zero, so they take `zero_division`. F1 takes it only for a
+    label absent from both `y_true` and `y_pred`, and a label predicted but never
+    true gets F1 0. A MetricWarning names the labels concerned.
+
+    Raises ValueError when the inputs differ in length, are empty, or contain a value
+    missing from `labels`. sklearn would leave such a value out of the per-class rows
+    and report "micro avg" in place of "accuracy".
     """
     y_true = list(y_true)
     y_pred = list(y_pred)
     labels = list(labels)
-    absent_true = [label for label in labels if label not in set(y_true)]
-    absent_pred = [label for label in labels if label not in set(y_pred)]
+    if len(y_true) != len(y_pred):
+        raise ValueError(
+            f"y_true and y_pred must have the same length; got {len(y_true)} and "
+            f"{len(y_pred)}"
+        )
+    if not y_true:
+        raise ValueError("y_true is empty: no items to score")
+    known = set(labels)
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        unknown = sorted({str(value) for value in values if value not in known})
+        if unknown:
+            raise ValueError(
+                f"{name} contains values missing from labels: {', '.join(unknown)}; "
+                "add them to labels"
+            )
+    true_set = set(y_true)
+    pred_set = set(y_pred)
+    absent_true = [label for label in labels if label not in true_set]
+    absent_pred = [label for label in labels if label not in pred_set]
     if absent_true:
         warnings.warn(
-            f"classes with no test items: {', '.join(absent_true)}; their recall and F1 "
-            f"are set to {zero_division}",
+            f"classes with no test items: {', '.join(map(str, absent_true))}; their "
+            f"recall is set to {zero_division}",
             MetricWarning,
             stacklevel=2,
         )
     if absent_pred:
         warnings.warn(
-            f"classes never predicted: {', '.join(absent_pred)}; their precision is "
-            f"set to {zero_division}",
+            f"classes never predicted: {', '.join(map(str, absent_pred))}; their "
+            f"precision is set to {zero_division}",
+            MetricWarning,
+            stacklevel=2,
+        )
+    absent_both = [label for label in absent_true if label not in pred_set]
+    if absent_both:
+        warnings.warn(
+            f"classes neither in the test items nor predicted: "
+            f"{', '.join(map(str, absent_both))}; their F1 is set to {zero_division}",
             MetricWarning,
             stacklevel=2,
         )
@@ -197,8 +245,9 @@ def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
     """Return the share of positions where prediction equals truth."""
     if len(y_true) != len(y_pred):
         raise ValueError(
-            f"y_true and y_pred must have one length; got {len(y_true)} and {len(y_pred)}"
+            f"y_true and y_pred must have the same length; got {len(y_true)} and "
+            f"{len(y_pred)}"
         )
-    if not y_true:
+    if len(y_true) == 0:
         raise ValueError("y_true is empty: no items to score")
     return float(np.mean([a == b for a, b in zip(y_true, y_pred, strict=True)]))

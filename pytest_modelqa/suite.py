@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,6 @@ class Suite:
     retrieval_rules: dict[str, Rule]
     cases: list[Case]
     benchmarks: list[Benchmark]
-    baseline: str | None
     baseline_sha256: str | None
 
     @property
@@ -88,6 +88,17 @@ class Suite:
         """Return the normalised form of a label, with the suite's synonyms applied."""
         label = normalise_label(value)
         return self.synonyms.get(label, label)
+
+
+_TYPE_NAMES = {
+    LineDict: "a mapping",
+    LineList: "a list",
+    str: "text",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+}
+PROMPT_FIELDS = ("value", "category")
 
 
 def _suggest(word: str, choices) -> str:
@@ -132,9 +143,7 @@ class _Reader:
         if isinstance(value, bool) and bool not in kinds:
             value = object()  # a YAML true/false where a number or text belongs
         if not isinstance(value, kinds):
-            names = " or ".join(
-                k.__name__.replace("LineDict", "mapping") for k in kinds
-            )
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
             raise self.fail(key, f"expected {names}, got {self.node[key]!r}")
         return value
 
@@ -202,7 +211,6 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
             "classification",
             "retrieval",
             "benchmarks",
-            "baseline",
             "baseline_sha256",
         ),
     )
@@ -236,9 +244,7 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
         "attribute",
         ("prompt", "none_value", "none_policy", "synonyms"),
     )
-    prompt = attribute.get("prompt", str, "{value}")
-    if "{value}" not in prompt:
-        raise attribute.fail("prompt", f"must contain {{value}}; got {prompt!r}")
+    prompt = _check_prompt(attribute, "prompt", attribute.get("prompt", str, "{value}"))
     none_policy = attribute.get("none_policy", str, "exclude")
     if none_policy not in NONE_POLICIES:
         raise attribute.fail(
@@ -282,6 +288,14 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
     )
     patterns = retrieval.get("cases", (LineList, str), "cases/*.yaml")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise retrieval.fail(
+                "cases", f"expected glob patterns as text, got {pattern!r}"
+            )
+    min_matches = retrieval.get("min_matches", int, 5)
+    if min_matches < 1:
+        raise retrieval.fail("min_matches", f"must be at least 1; got {min_matches}")
 
     suite = Suite(
         name=top.get("name", str, root.name),
@@ -297,15 +311,13 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
         top_k=top_k,
         classification_rules=classification_rules,
         gallery_split=retrieval.get("gallery_split", str, "all"),
-        min_matches=retrieval.get("min_matches", int, 5),
+        min_matches=min_matches,
         retrieval_rules=retrieval_rules,
         cases=[],
         benchmarks=[],
-        baseline=top.get("baseline", str, None),
         baseline_sha256=top.get("baseline_sha256", str, None),
     )
-    for key, split in (("split", suite.classification_split),):
-        _check_split(classification, key, split)
+    _check_split(classification, "split", suite.classification_split)
     _check_split(retrieval, "gallery_split", suite.gallery_split)
     suite.benchmarks = _parse_benchmarks(
         path,
@@ -316,6 +328,29 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
     )
     suite.cases = _load_cases(suite, patterns, path, retrieval.line("cases"))
     return suite
+
+
+def _check_prompt(reader: _Reader, key: str, prompt: str, fields=PROMPT_FIELDS) -> str:
+    """Reject a prompt template that lacks {value} or names an unknown field."""
+    try:
+        names = {
+            name
+            for _, name, _, _ in string.Formatter().parse(prompt)
+            if name is not None
+        }
+    except ValueError as error:
+        raise reader.fail(
+            key, f"invalid template {prompt!r} ({error}); write fields as {{value}}"
+        ) from error
+    unknown = sorted(names - set(fields))
+    if unknown:
+        allowed = ", ".join("{" + name + "}" for name in fields)
+        raise reader.fail(
+            key, f"unknown field {{{unknown[0]}}} in {prompt!r}; use {allowed}"
+        )
+    if "value" not in names:
+        raise reader.fail(key, f"must contain {{value}}; got {prompt!r}")
+    return prompt
 
 
 def _check_split(reader: _Reader, key: str, split: str) -> None:
@@ -346,9 +381,12 @@ def _parse_benchmarks(path, node, root, catalog_dirs, default) -> list[Benchmark
             path,
             reader.line("catalog"),
         )
-        prompt = reader.get("prompt", str, "a photo of a {value}")
-        if "{value}" not in prompt:
-            raise reader.fail("prompt", f"must contain {{value}}; got {prompt!r}")
+        prompt = _check_prompt(
+            reader,
+            "prompt",
+            reader.get("prompt", str, "a photo of a {value}"),
+            fields=("value",),
+        )
         column = reader.get("column", str, "category")
         if column not in catalog.frame.columns:
             raise reader.fail(
@@ -366,7 +404,27 @@ def _load_cases(suite: Suite, patterns: list[str], path: Path, line: int) -> lis
     files: list[Path] = []
     for pattern in patterns:
         _resolve_inside(suite.root, pattern.split("*")[0] or ".", path, line, "cases")
-        files += sorted(p for p in suite.root.glob(pattern) if p.is_file())
+        try:
+            matched = sorted(p for p in suite.root.glob(pattern) if p.is_file())
+        except (ValueError, NotImplementedError) as error:
+            raise SuiteError(
+                path, line, f"invalid cases pattern {pattern!r} ({error})"
+            ) from error
+        for case_file in matched:
+            _resolve_inside(
+                suite.root,
+                str(case_file.relative_to(suite.root)),
+                path,
+                line,
+                "case file",
+            )
+        if not matched:
+            raise SuiteError(
+                path,
+                line,
+                f"retrieval.cases: no file matches {pattern!r} in {suite.root}",
+            )
+        files += [case_file for case_file in matched if case_file not in files]
     categories = sorted(set(suite.catalog.labels(suite.category_column)))
     attributes = sorted(
         {suite.canonical("", v) for v in suite.catalog.labels(suite.attribute_column)}
@@ -395,11 +453,10 @@ def _load_cases(suite: Suite, patterns: list[str], path: Path, line: int) -> lis
 
 
 def _parse_case(case_file, node, line, suite, categories, attributes) -> Case:
-    reader = _Reader(case_file, node, "case", CASE_KEYS)
-    case_id = reader.get("id", (str, int), required=True)
-    case_id = str(case_id)
-    where = f"case {case_id!r}"
-    reader.where = where
+    raw_id = node.get("id") if isinstance(node, LineDict) else None
+    where = f"case {str(raw_id)!r}" if isinstance(raw_id, str | int) else "case"
+    reader = _Reader(case_file, node, where, CASE_KEYS)
+    case_id = str(reader.get("id", (str, int), required=True))
     text = reader.get("text", str)
     image = reader.get("image", str)
     if (text is None) == (image is None):
