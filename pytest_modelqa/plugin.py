@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -62,6 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=0,
         help="Data-loader worker processes for image decoding. Default: 0 (in process).",
+    )
+    group.addoption(
+        "--modelqa-json",
+        metavar="PATH",
+        dest="modelqa_json",
+        default=None,
+        help="Write every figure, verdict and the model selection as JSON to PATH. "
+        "Default: no JSON file.",
     )
     parser.addini(
         "modelqa_baseline",
@@ -219,3 +228,29 @@ def pytest_terminal_summary(
         )
         if failed:
             terminalreporter.write_line(f"  failed: {', '.join(failed)}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    config = session.config
+    path = config.getoption("modelqa_json")
+    state = config.stash.get(state_key, None)
+    # NOTE: under pytest-xdist the verdicts live in the workers, and only the
+    # controller may write files, so the JSON then holds no verdicts.
+    if not path or state is None or hasattr(config, "workerinput"):
+        return
+    from pytest_modelqa.results import build_results
+
+    document = build_results(state, Path(config.rootpath))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps(document, indent=2, default=_json_default))
+    os.replace(partial, target)
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the results JSON")

@@ -393,6 +393,7 @@ class SuiteRunner:
                 base,
                 self.suite.classification_rules[check],
             )
+        verdict.details["suite"] = self.suite.name
         self.verdicts.append(verdict)
         return verdict
 
