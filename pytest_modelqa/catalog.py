@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,33 @@ class Catalog:
         return Catalog(self.name, self.root, frame, self.sha256)
 
 
+def _read_rows(manifest: Path, raw: bytes) -> pd.DataFrame:
+    """Parse the manifest strictly: UTF-8, and every row as wide as the header."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise CatalogError(
+            f"{manifest}:{line}: not valid UTF-8 at byte {error.start}; re-save it as UTF-8"
+        ) from error
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        raise CatalogError(f"{manifest}: invalid CSV ({error})") from error
+    if not rows:
+        raise CatalogError(f"{manifest}: file is empty; a manifest needs a header row")
+    header, body = rows[0], rows[1:]
+    for number, row in enumerate(body, start=2):
+        if row and len(row) != len(header):
+            relation = "more" if len(row) > len(header) else "fewer"
+            raise CatalogError(
+                f"{manifest}:{number}: row has {len(row)} fields, {relation} than the "
+                f"header's {len(header)}; quote fields that contain commas, such as "
+                "product names"
+            )
+    return pd.DataFrame([row for row in body if row], columns=header, dtype=str)
+
+
 def load_catalog(path: str | Path, *, name: str | None = None) -> Catalog:
     """Read a catalog from its manifest CSV, or from a folder holding manifest.csv.
 
@@ -94,16 +123,7 @@ def load_catalog(path: str | Path, *, name: str | None = None) -> Catalog:
     if not manifest.is_file():
         raise CatalogError(f"catalog manifest not found: {manifest}")
     raw = manifest.read_bytes()
-    try:
-        frame = pd.read_csv(
-            manifest, dtype=str, keep_default_na=False, encoding="utf-8"
-        )
-    except UnicodeDecodeError as error:
-        raise CatalogError(
-            f"{manifest}: not valid UTF-8 at byte {error.start}; re-save it as UTF-8"
-        ) from error
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise CatalogError(f"{manifest}: invalid CSV ({error})") from error
+    frame = _read_rows(manifest, raw)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise CatalogError(
