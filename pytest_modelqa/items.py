@@ -7,7 +7,7 @@ import pytest
 from pytest_modelqa.catalog import CatalogError
 from pytest_modelqa.gate import Verdict
 from pytest_modelqa.models import ModelLoadError
-from pytest_modelqa.runner import CaseResult, SuiteRunner
+from pytest_modelqa.runner import BaselineError, CaseResult, SuiteRunner
 from pytest_modelqa.state import runner_for, state_key
 from pytest_modelqa.suite import RETRIEVAL_CHECKS, Case, load_suite
 from pytest_modelqa.yamlsource import SuiteError
@@ -116,7 +116,12 @@ class _GateItem(pytest.Item):
 
     def _guard(self, compute):
         try:
+            self.runner.check_baseline_loads()
+            if self.config.getini("modelqa_check_baseline"):
+                self.runner.check_baseline_sane()
             return compute()
+        except BaselineError as error:
+            pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
         except ModelLoadError as error:
             raise ModelUnavailable(f"model could not be loaded: {error}") from error
         except (ValueError, OSError) as error:

@@ -78,6 +78,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
     )
     parser.addini(
+        "modelqa_check_baseline",
+        "Stop the session when the baseline's zero-shot accuracy is at chance level. "
+        "Default: true.",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
         "modelqa_catalog_dirs",
         "Folders searched for the catalogs that suites name, relative to the rootdir. "
         "Default: fixtures.",

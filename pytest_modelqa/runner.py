@@ -56,6 +56,10 @@ class ModelFigures:
     benchmarks: dict[str, dict]
 
 
+class BaselineError(Exception):
+    """A baseline that cannot serve as the yardstick: changed, or at chance level."""
+
+
 class ModelPool:
     """Loaded models and their image embeddings, shared by every suite of a session."""
 
@@ -139,11 +143,14 @@ class SuiteRunner:
         self.candidates = candidates  # label -> spec
         self._figures: dict[str, ModelFigures] = {}
         self._image_hashes: list[str] | None = None
+        self._baseline_sane = False
         self.verdicts: list[Verdict] = []
 
     # -- figures --------------------------------------------------------------------
 
     def figures(self, spec: str) -> ModelFigures:
+        if spec == self.baseline and spec not in self._figures:
+            self._check_pin()
         if spec not in self._figures:
             self._figures[spec] = ModelFigures(
                 classification=self._classification(spec),
@@ -155,6 +162,49 @@ class SuiteRunner:
                 },
             )
         return self._figures[spec]
+
+    def _check_pin(self) -> None:
+        pinned = self.suite.baseline_sha256
+        if not pinned:
+            return
+        actual = self.pool.model(self.baseline).sha256
+        if actual != pinned:
+            raise BaselineError(
+                f"baseline {self.baseline} has sha256 {actual}, but {self.suite.path} "
+                f"pins baseline_sha256 {pinned}: the baseline's weights changed. Point "
+                "--modelqa-baseline at the pinned model, or update the pin on purpose."
+            )
+
+    def check_baseline_loads(self) -> None:
+        """Raise BaselineError when the baseline cannot be loaded."""
+        try:
+            self.pool.model(self.baseline)
+        except ModelLoadError as error:
+            raise BaselineError(f"baseline could not be loaded: {error}") from error
+
+    def check_baseline_sane(self) -> None:
+        """Raise BaselineError when the baseline's phase 1 accuracy is at chance level.
+
+        Chance is the better of uniform guessing (1 / classes) and always naming the
+        most frequent true class; a baseline at or below it (for example open_clip
+        weights loaded with the wrong activation) would make every check meaningless.
+        """
+        if self._baseline_sane:
+            return
+        figures = self.figures(self.baseline).classification
+        truth = figures["y_true"]
+        majority = max(truth.count(value) for value in set(truth)) / len(truth)
+        chance = max(1 / len(figures["classes"]), majority)
+        accuracy = figures["zero_shot_accuracy"]
+        if accuracy <= chance:
+            raise BaselineError(
+                f"baseline looks broken: its zero-shot accuracy {accuracy:.4f} on "
+                f"{len(truth)} items is at chance level ({chance:.4f}, the better of "
+                "uniform guessing and always naming the most frequent class). Check "
+                "the baseline spec and its activation (QuickGELU or GELU), or set the "
+                "ini option modelqa_check_baseline = false to gate against it anyway."
+            )
+        self._baseline_sane = True
 
     def attribute_classes(self) -> list[str]:
         suite = self.suite

@@ -97,7 +97,16 @@ def models(pytester: pytest.Pytester) -> dict[str, Path]:
 
 
 def run_gate(pytester, suite, *args):
-    return pytester.runpytest("-p", "no:cacheprovider", str(suite), *args)
+    # The tiny random models are at chance level by design, so the sanity check on
+    # the baseline is switched off except where a test turns it on.
+    return pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "modelqa_check_baseline=false",
+        str(suite),
+        *args,
+    )
 
 
 def test_identical_candidate_fails_every_better_check(pytester, suite_dir, models):
@@ -320,6 +329,8 @@ def test_each_model_encodes_each_catalog_once(pytester, suite_dir, models, monke
     pytester.runpytest_inprocess(
         "-p",
         "no:cacheprovider",
+        "-o",
+        "modelqa_check_baseline=false",
         str(suite),
         "--model",
         str(models["other"]),
@@ -411,3 +422,52 @@ def test_help_lists_options(pytester):
     ):
         assert option in text
     assert "modelqa_baseline" in text
+
+
+def test_random_baseline_looks_broken(pytester, suite_dir, models):
+    suite = suite_dir()
+    result = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        str(suite),
+        "--model",
+        str(models["other"]),
+        "--modelqa-baseline",
+        str(models["base"]),
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*baseline looks broken: its zero-shot accuracy *"])
+
+
+def test_unloadable_baseline_stops_the_session(pytester, suite_dir, models):
+    suite = suite_dir()
+    empty = pytester.path / "empty.pt"
+    empty.write_bytes(b"")
+    result = run_gate(
+        pytester,
+        suite,
+        "--model",
+        str(models["other"]),
+        "--modelqa-baseline",
+        str(empty),
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*baseline could not be loaded: *empty.pt*"])
+
+
+def test_pinned_baseline_hash_mismatch_stops(pytester, suite_dir, models):
+    suite = suite_dir()
+    path = suite / "modelqa-suite.yaml"
+    path.write_text(path.read_text() + 'baseline_sha256: "' + "ab" * 32 + '"\n')
+    result = run_gate(
+        pytester,
+        suite,
+        "--model",
+        str(models["other"]),
+        "--modelqa-baseline",
+        str(models["base"]),
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*but * pins baseline_sha256 abab*: the baseline's weights changed*"]
+    )
