@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from pytest_modelqa.catalog import CatalogError
 from pytest_modelqa.gate import Verdict
 from pytest_modelqa.models import ModelLoadError
 from pytest_modelqa.runner import BaselineError, CaseResult, SuiteRunner
-from pytest_modelqa.state import runner_for, state_key
+from pytest_modelqa.state import ModelQAWarning, runner_for, state_key
 from pytest_modelqa.suite import RETRIEVAL_CHECKS, Case, load_suite
 from pytest_modelqa.yamlsource import SuiteError
 
@@ -146,6 +148,20 @@ class CheckItem(_GateItem):
         self.k = k
         self.benchmark = benchmark
 
+    def setup(self) -> None:
+        super().setup()
+        if self.phase == "retrieval":
+            suite = self.runner.suite
+            automated = sum(
+                self.runner.match_count(case)[0] >= suite.min_matches
+                for case in suite.cases
+            )
+            if not automated:
+                pytest.skip(
+                    f"no automated retrieval case: none has {suite.min_matches} or more "
+                    "matching products in the gallery"
+                )
+
     def runtest(self) -> None:
         verdict = self._guard(
             lambda: self.runner.verdict(
@@ -154,6 +170,17 @@ class CheckItem(_GateItem):
         )
         self.user_properties.append(("modelqa_observed", verdict.observed))
         self.user_properties.append(("modelqa_baseline", verdict.baseline))
+        self.user_properties.append(("modelqa_delta", verdict.delta))
+        stats = verdict.details.get("statistics")
+        if stats:
+            self.user_properties.append(("modelqa_p_value", stats["p_value"]))
+            self.user_properties.append(("modelqa_interval", stats["interval"]))
+        if self.check in ("macro_f1", "weighted_f1", "macro_precision", "macro_recall"):
+            figures = self.runner.figures(self.runner.candidates[self.label])
+            for message in figures.classification["warnings"]:
+                warnings.warn(ModelQAWarning(f"{self.label}: {message}"), stacklevel=1)
+        if verdict.passed and verdict.details.get("unresolved"):
+            warnings.warn(ModelQAWarning(verdict.explain()), stacklevel=1)
         if not verdict.passed:
             raise GateFailure(verdict, self._detail(verdict))
 

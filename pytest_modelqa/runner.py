@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_modelqa import evaluation
+from pytest_modelqa import evaluation, statistics
 from pytest_modelqa.catalog import Catalog
 from pytest_modelqa.embeddings import encode_images, encode_texts, top_k
 from pytest_modelqa.gate import Verdict, compare
@@ -144,6 +144,7 @@ class SuiteRunner:
         self._figures: dict[str, ModelFigures] = {}
         self._image_hashes: list[str] | None = None
         self._baseline_sane = False
+        self._matches: dict[str, tuple[int, np.ndarray]] = {}
         self.verdicts: list[Verdict] = []
 
     # -- figures --------------------------------------------------------------------
@@ -297,6 +298,8 @@ class SuiteRunner:
 
     def match_count(self, case: Case) -> tuple[int, np.ndarray]:
         """Count gallery products matching a case; return it with the excluded mask."""
+        if case.id in self._matches:
+            return self._matches[case.id]
         suite = self.suite
         rows = self.gallery()
         categories = suite.catalog.labels(suite.category_column)
@@ -313,6 +316,7 @@ class SuiteRunner:
             and categories[i] == case.category
             and suite.canonical("", attributes[i]) == case.attribute
         )
+        self._matches[case.id] = (matches, excluded)
         return matches, excluded
 
     def _case(self, spec: str, case: Case) -> CaseResult:
@@ -330,7 +334,8 @@ class SuiteRunner:
             query = encode_images(
                 model, [case.image], device=self.pool.options.device, progress=False
             )
-        indices, _ = top_k(query, gallery, k=case.k, exclude=excluded[None, :])
+        k = min(case.k, int((~excluded).sum()))
+        indices, _ = top_k(query, gallery, k=k, exclude=excluded[None, :])
         picked = rows[indices[0]]
         categories = suite.catalog.labels(suite.category_column)
         attributes = suite.catalog.labels(suite.attribute_column)
@@ -362,12 +367,91 @@ class SuiteRunner:
         predicted = [classes[i] for i in evaluation.rank_classes(scores)[:, 0]]
         return {
             "accuracy": evaluation.accuracy(truth, predicted),
+            "correct": np.array(
+                [a == b for a, b in zip(truth, predicted, strict=True)]
+            ),
             "n": len(truth),
             "classes": len(classes),
             "chance": 1.0 / len(classes),
         }
 
     # -- verdicts -------------------------------------------------------------------
+
+    def automated_cases(self) -> list[Case]:
+        return [
+            c
+            for c in self.suite.cases
+            if self.match_count(c)[0] >= self.suite.min_matches
+        ]
+
+    def paired_statistics(
+        self,
+        spec: str,
+        check: str,
+        *,
+        k: int | None = None,
+        benchmark: str | None = None,
+    ) -> dict | None:
+        """Compare candidate and baseline item by item on the same test items.
+
+        Accuracy-type figures get the exact McNemar test (its one-sided p-value) and
+        a bootstrap interval of the accuracy difference; F1, precision, recall, rank
+        score and retrieval totals get a paired bootstrap interval and p-value.
+        """
+        config = self.suite.statistics
+        options = {
+            "n_resamples": config.resamples,
+            "confidence": config.confidence,
+            "seed": config.seed,
+        }
+        mine, base = self.figures(spec), self.figures(self.baseline)
+        if benchmark is not None:
+            correct = (
+                mine.benchmarks[benchmark]["correct"],
+                base.benchmarks[benchmark]["correct"],
+            )
+            return _accuracy_statistics(*correct, options)
+        if check.startswith("method_"):
+            method = int(check.removeprefix("method_"))
+            cases = self.automated_cases()
+            if not cases:
+                return None
+            values = [
+                np.array(
+                    [figures.retrieval[c.id].scores[method] for c in cases], dtype=float
+                )
+                for figures in (mine, base)
+            ]
+            return _bootstrap_statistics(
+                statistics.paired_bootstrap(*values, statistic=np.sum, **options)
+            )
+        ranks = mine.classification["ranks"], base.classification["ranks"]
+        if check in ("zero_shot_accuracy", "top_k_accuracy"):
+            limit = 1 if k is None else k
+            return _accuracy_statistics(ranks[0] <= limit, ranks[1] <= limit, options)
+        if check == "rank_score":
+            points = [evaluation.rank_points(r).astype(float) for r in ranks]
+            return _bootstrap_statistics(
+                statistics.paired_bootstrap(*points, statistic=np.sum, **options)
+            )
+        classes = mine.classification["classes"]
+        index = {value: i for i, value in enumerate(classes)}
+        y_true = np.array([index[v] for v in mine.classification["y_true"]])
+        predictions = [
+            np.array([index[v] for v in figures.classification["y_pred"]])
+            for figures in (mine, base)
+        ]
+
+        def metric(truth, predicted):
+            return evaluation.averaged_scores(truth, predicted, n_classes=len(classes))[
+                check
+            ]
+
+        return _bootstrap_statistics(
+            statistics.paired_bootstrap_metric(
+                y_true, *predictions, metric=metric, **options
+            )
+        )
 
     def classification_figure(
         self, spec: str, check: str, k: int | None = None
@@ -405,43 +489,46 @@ class SuiteRunner:
         """Compare candidate `label` with the baseline on one check and record it."""
         spec = self.candidates[label]
         name = check if k is None else f"top_{k}_accuracy"
+        paired = self.paired_statistics(spec, check, k=k, benchmark=benchmark)
         if benchmark is not None:
             rule = next(b.rule for b in self.suite.benchmarks if b.name == benchmark)
             observed = self.figures(spec).benchmarks[benchmark]["accuracy"]
             base = self.figures(self.baseline).benchmarks[benchmark]["accuracy"]
             verdict = compare(
-                f"benchmark_{benchmark}", "benchmark", label, observed, base, rule
+                f"benchmark_{benchmark}",
+                "benchmark",
+                label,
+                observed,
+                base,
+                rule,
+                statistics=paired,
             )
         elif check.startswith("method_"):
             method = int(check.removeprefix("method_"))
-            observed = self.retrieval_total(spec, method)
-            base = self.retrieval_total(self.baseline, method)
-            automated = [
-                r for r in self.figures(spec).retrieval.values() if r.automated
-            ]
+            automated = self.automated_cases()
             maximum = sum(
-                evaluation.max_retrieval_scores(r.case.k)[method] for r in automated
+                evaluation.max_retrieval_scores(c.k)[method] for c in automated
             )
             verdict = compare(
                 name,
                 "retrieval",
                 label,
-                observed,
-                base,
+                self.retrieval_total(spec, method),
+                self.retrieval_total(self.baseline, method),
                 self.suite.retrieval_rules[check],
+                statistics=paired,
                 maximum=maximum,
                 cases=len(automated),
             )
         else:
-            observed = self.classification_figure(spec, check, k)
-            base = self.classification_figure(self.baseline, check, k)
             verdict = compare(
                 name,
                 "classification",
                 label,
-                observed,
-                base,
+                self.classification_figure(spec, check, k),
+                self.classification_figure(self.baseline, check, k),
                 self.suite.classification_rules[check],
+                statistics=paired,
             )
         verdict.details["suite"] = self.suite.name
         self.verdicts.append(verdict)
@@ -450,3 +537,33 @@ class SuiteRunner:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _bootstrap_statistics(result) -> dict:
+    return {
+        "test": "paired bootstrap",
+        "interval": [result.low, result.high],
+        "half_width": result.half_width,
+        "confidence": result.confidence,
+        "p_value": result.p_value_better,
+        "resamples": result.n_resamples,
+        "seed": result.seed,
+    }
+
+
+def _accuracy_statistics(correct_candidate, correct_baseline, options) -> dict:
+    """McNemar's exact test for the p-value, a paired bootstrap for the interval."""
+    test = statistics.mcnemar_exact(correct_candidate, correct_baseline)
+    interval = statistics.paired_bootstrap(
+        np.asarray(correct_candidate, dtype=float),
+        np.asarray(correct_baseline, dtype=float),
+        statistic=np.mean,
+        **options,
+    )
+    return {
+        **_bootstrap_statistics(interval),
+        "test": "McNemar exact",
+        "p_value": test.p_value_better,
+        "p_value_two_sided": test.p_value,
+        "discordant": [test.b, test.c],
+    }

@@ -78,6 +78,7 @@ class Suite:
     retrieval_rules: dict[str, Rule]
     cases: list[Case]
     benchmarks: list[Benchmark]
+    statistics: StatisticsConfig
     baseline_sha256: str | None
 
     @property
@@ -148,21 +149,60 @@ class _Reader:
         return value
 
 
+RULE_KEYS = ("rule", "amount", "tolerance", "relative", "alpha", "unresolved")
+
+
 def parse_rule(path: Path, node: object, where: str, default: Rule) -> Rule:
-    """Parse a gate rule mapping such as {rule: non_inferior, tolerance: 0.05}."""
+    """Parse a gate rule mapping such as {rule: non_inferior, tolerance: 0.05}.
+
+    Keys left out take the default rule's values when the kind is the default's,
+    else the plain defaults of that kind.
+    """
     if node is None:
         return default
-    reader = _Reader(path, node, where, ("rule", "amount", "tolerance", "relative"))
+    reader = _Reader(path, node, where, RULE_KEYS)
     kind = reader.get("rule", str, default.kind)
+    base = default if kind == default.kind else Rule()
+    alpha = reader.get("alpha", (int, float), base.alpha)
     try:
         return Rule(
             kind=kind,
-            amount=float(reader.get("amount", (int, float), default.amount)),
-            tolerance=float(reader.get("tolerance", (int, float), default.tolerance)),
-            relative=reader.get("relative", bool, default.relative),
+            amount=float(reader.get("amount", (int, float), base.amount)),
+            tolerance=float(reader.get("tolerance", (int, float), base.tolerance)),
+            relative=reader.get("relative", bool, base.relative),
+            alpha=None if alpha is None else float(alpha),
+            unresolved=reader.get("unresolved", str, base.unresolved),
         )
     except ValueError as error:
-        raise reader.fail("rule", str(error)) from error
+        key = next((k for k in RULE_KEYS[1:] if k in str(error).split()[0:1]), "rule")
+        raise reader.fail(key, str(error)) from error
+
+
+@dataclass(frozen=True)
+class StatisticsConfig:
+    """Paired statistics settings: bootstrap resamples, seed and confidence level."""
+
+    resamples: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+
+
+def _parse_statistics(path: Path, node: object) -> StatisticsConfig:
+    if node is None:
+        return StatisticsConfig()
+    reader = _Reader(path, node, "statistics", ("resamples", "seed", "confidence"))
+    config = StatisticsConfig(
+        resamples=reader.get("resamples", int, 1000),
+        seed=reader.get("seed", int, 0),
+        confidence=float(reader.get("confidence", (int, float), 0.95)),
+    )
+    if config.resamples < 1000:
+        raise reader.fail("resamples", f"must be at least 1000; got {config.resamples}")
+    if not 0 < config.confidence < 1:
+        raise reader.fail(
+            "confidence", f"must lie between 0 and 1; got {config.confidence}"
+        )
+    return config
 
 
 def _resolve_inside(
@@ -211,6 +251,7 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
             "classification",
             "retrieval",
             "benchmarks",
+            "statistics",
             "baseline_sha256",
         ),
     )
@@ -315,6 +356,7 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
         retrieval_rules=retrieval_rules,
         cases=[],
         benchmarks=[],
+        statistics=_parse_statistics(path, top.node.get("statistics")),
         baseline_sha256=top.get("baseline_sha256", str, None),
     )
     _check_split(classification, "split", suite.classification_split)

@@ -1,0 +1,97 @@
+"""Figures of one suite computed directly: self-exclusion, prompts and sharing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import copy_catalog_sample, write_tiny_checkpoint
+
+from pytest_modelqa.runner import EncodeOptions, ModelPool, SuiteRunner
+from pytest_modelqa.suite import load_suite
+
+SUITE = """\
+catalog: catalog
+columns: {category: category, attribute: shoelace_colour}
+attribute: {prompt: "{category} with {value} shoelace"}
+retrieval: {min_matches: 2, cases: cases.yaml}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    root = tmp_path / "suite"
+    catalog = copy_catalog_sample("footwear", root / "catalog",
+                                  per_split={"train": 30, "test": 50})
+    frame = pd.read_csv(catalog / "manifest.csv", dtype=str, keep_default_na=False)
+    query = frame[(frame["category"] == "Casual Shoes")
+                  & (frame["shoelace_colour"] == "white")].iloc[0]
+    (root / "images").mkdir()
+    shutil.copy2(catalog / query["image"], root / "images" / "query.jpg")
+    (root / "modelqa-suite.yaml").write_text(SUITE)
+    (root / "cases.yaml").write_text(
+        "cases:\n"
+        "  - {id: own, image: images/query.jpg, category: Casual Shoes, "
+        "attribute: white, k: 80}\n"
+        "  - {id: text, text: casual shoes with white shoelace, category: Casual Shoes, "
+        "attribute: white}\n"
+    )
+    suite = load_suite(root / "modelqa-suite.yaml", catalog_dirs=[])
+    spec = str(write_tiny_checkpoint(tmp_path / "model.pt"))
+    runner = SuiteRunner(suite, ModelPool(EncodeOptions(progress=False)), spec, {"c": spec})
+    return runner, spec, query["id"], frame
+
+
+def test_image_query_never_returns_itself(setup):
+    runner, spec, query_id, frame = setup
+    own = runner.figures(spec).retrieval["own"]
+    # k above the gallery size returns every product but the query's own one.
+    assert query_id not in own.result_ids
+    assert len(own.result_ids) == len(frame) - 1
+
+
+def test_image_query_does_not_count_itself_as_a_match(setup):
+    runner, _, _, frame = setup
+    cases = {case.id: case for case in runner.suite.cases}
+    laced_white = ((frame["category"] == "Casual Shoes")
+                   & (frame["shoelace_colour"] == "white")).sum()
+    assert runner.match_count(cases["text"])[0] == laced_white
+    assert runner.match_count(cases["own"])[0] == laced_white - 1
+
+
+def test_exact_duplicate_image_is_excluded_too(setup, tmp_path):
+    runner, spec, query_id, frame = setup
+    catalog = runner.suite.catalog
+    row = frame.index[frame["id"] == query_id][0]
+    duplicate = frame.iloc[(row + 1) % len(frame)]
+    shutil.copy2(catalog.root / frame.loc[row, "image"], catalog.root / duplicate["image"])
+    runner._image_hashes = None
+    runner._matches.clear()
+    own = runner.figures(spec).retrieval["own"]
+    assert duplicate["id"] not in own.result_ids
+    assert len(own.result_ids) == len(frame) - 2
+
+
+def test_points_follow_judgements(setup):
+    runner, spec, _, _ = setup
+    result = runner.figures(spec).retrieval["text"]
+    for position, (cat_ok, attr_ok) in enumerate(
+        zip(result.category_ok, result.attribute_ok, strict=True)
+    ):
+        expected = 3 if cat_ok and attr_ok else 2 if cat_ok else 1 if attr_ok else 0
+        assert result.points[1][position] == expected
+    assert result.scores[2] == sum(result.attribute_ok)
+
+
+def test_classification_uses_test_split_laced_items(setup):
+    runner, spec, _, frame = setup
+    figures = runner.figures(spec).classification
+    expected = frame[(frame["split"] == "test") & (frame["shoelace_colour"] != "none")]
+    assert figures["ids"] == expected["id"].tolist()
+    assert "none" not in figures["classes"]
+    assert figures["top_k"][0] == figures["zero_shot_accuracy"]
+    assert np.all(np.diff(figures["top_k"]) >= 0)
+    assert 0 <= figures["rank_score"] <= 5 * len(expected)
