@@ -215,6 +215,7 @@ class Selection:
     rejected: dict[str, list[str]]
     winners: list[str]
     retrieval_totals: dict[str, float]
+    tie_breaker: dict[str, float]  # zero-shot accuracy per candidate
 
 
 def select_models(verdicts: list[Verdict], candidates: list[str]) -> Selection:
@@ -244,4 +245,4 @@ def select_models(verdicts: list[Verdict], candidates: list[str]) -> Selection:
     if acceptable:
         best = max((retrieval[name], secondary[name]) for name in acceptable)
         winners = [n for n in acceptable if (retrieval[n], secondary[n]) == best]
-    return Selection(acceptable, rejected, winners, retrieval)
+    return Selection(acceptable, rejected, winners, retrieval, secondary)

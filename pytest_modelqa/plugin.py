@@ -245,9 +245,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     # controller may write files, so the JSON then holds no verdicts.
     if not path or state is None or hasattr(config, "workerinput"):
         return
-    from pytest_modelqa.results import build_results
+    from pytest_modelqa.results import build_results, results_key
 
-    document = build_results(state, Path(config.rootpath))
+    # The HTML report, written after this hook, renders this same document.
+    document = config.stash.get(results_key, None)
+    if document is None:
+        document = build_results(state, Path(config.rootpath))
+        config.stash[results_key] = document
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")

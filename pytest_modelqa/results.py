@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from pytest_modelqa import __version__
 from pytest_modelqa.gate import select_models
 from pytest_modelqa.models import describe_model
@@ -20,6 +22,10 @@ from pytest_modelqa.state import GateState
 
 RESULTS_FORMAT = "pytest-modelqa-results"
 RESULTS_VERSION = 1
+
+# The session's document once built, so that the HTML report and --modelqa-json render
+# the same one instead of each building its own.
+results_key = pytest.StashKey[dict]()
 
 
 def _git_commit(root: Path) -> str | None:
