@@ -13,6 +13,7 @@ from pytest_modelqa import __version__
 from pytest_modelqa.catalog import FIXTURES_DIR
 from pytest_modelqa.gate import select_models
 from pytest_modelqa.items import SuiteFile
+from pytest_modelqa.models import ModelLoadError, check_spec
 from pytest_modelqa.runner import EncodeOptions, ModelPool
 from pytest_modelqa.state import GateState, state_key
 from pytest_modelqa.suite import SUITE_FILE_NAME
@@ -29,7 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="CKPT",
         dest="modelqa_models",
-        help="Candidate model to gate: a trainer checkpoint or any baseline spec. "
+        help="Candidate model to gate: a trainer checkpoint or any spec that "
+        "--modelqa-baseline takes. "
         "Repeat for several candidates. Default: none (suite items are skipped).",
     )
     group.addoption(
@@ -38,8 +40,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="modelqa_baseline",
         default=None,
         help="Baseline every candidate must beat: a trainer checkpoint, "
-        "local-dir:PATH, hf-hub:ORG/NAME or ARCH:WEIGHTS. "
+        "local-dir:PATH, hf-hub:ORG/NAME, hf:PATH (a transformers CLIP folder) or "
+        "ARCH:WEIGHTS. "
         "Default: the modelqa_baseline ini value, else the bundled stand-in baseline.",
+    )
+    group.addoption(
+        "--modelqa-arch",
+        metavar="ARCH",
+        dest="modelqa_arch",
+        default=None,
+        help="open_clip architecture for checkpoints that hold weights alone "
+        "(open_clip_train epoch_N.pt, bare state_dicts, .safetensors): a model name "
+        "such as ViT-B-32 or a JSON model config file. Default: none.",
     )
     group.addoption(
         "--modelqa-device",
@@ -106,19 +118,11 @@ def _candidate_labels(specs: list[str]) -> dict[str, str]:
 
 
 def _check_spec(option: str, spec: str) -> None:
-    if spec.startswith(("hf-hub:", "local-dir:")):
-        return
-    name, sep, _ = spec.partition(":")
-    if sep and not Path(spec).exists():
-        import open_clip
-
-        if name in open_clip.list_models():
-            return
-    if not Path(spec).is_file():
-        raise pytest.UsageError(
-            f"{option} {spec}: file not found, and not an hf-hub:ORG/NAME, "
-            "local-dir:PATH or ARCH:WEIGHTS spec"
-        )
+    """Validate a model spec without reading weights or going online."""
+    try:
+        check_spec(spec)
+    except ModelLoadError as error:
+        raise pytest.UsageError(f"{option}: {error}") from error
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -152,7 +156,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[state_key] = GateState(
         baseline=baseline,
         candidates=_candidate_labels(specs),
-        pool=ModelPool(options),
+        pool=ModelPool(options, arch=config.getoption("modelqa_arch")),
         catalog_dirs=catalog_dirs,
     )
     if config.pluginmanager.hasplugin("html"):

@@ -63,8 +63,9 @@ class BaselineError(Exception):
 class ModelPool:
     """Loaded models and their image embeddings, shared by every suite of a session."""
 
-    def __init__(self, options: EncodeOptions):
+    def __init__(self, options: EncodeOptions, *, arch: str | None = None):
         self.options = options
+        self.arch = arch
         self._models: dict[str, LoadedModel | ModelLoadError] = {}
         self._images: dict[tuple[str, str], np.ndarray] = {}
         self._texts: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
@@ -73,7 +74,7 @@ class ModelPool:
         """Load a model once; a failed load is remembered and raised again."""
         if spec not in self._models:
             try:
-                self._models[spec] = load_model(spec)
+                self._models[spec] = load_model(spec, arch=self.arch)
             except ModelLoadError as error:
                 self._models[spec] = error
         loaded = self._models[spec]

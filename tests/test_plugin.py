@@ -270,7 +270,7 @@ def test_missing_checkpoint_is_a_usage_error(pytester, suite_dir):
     suite = suite_dir()
     result = run_gate(pytester, suite, "--model", "nowhere/epoch_9.pt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--model nowhere/epoch_9.pt: file not found*"])
+    result.stderr.fnmatch_lines(["*--model: checkpoint not found: nowhere/epoch_9.pt*"])
 
 
 def test_unknown_baseline_spec_is_a_usage_error(pytester, suite_dir, models):
@@ -285,7 +285,10 @@ def test_unknown_baseline_spec_is_a_usage_error(pytester, suite_dir, models):
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*--modelqa-baseline NoSuchArch:weights.bin: file not found*"]
+        [
+            "*--modelqa-baseline: unknown model spec 'NoSuchArch:weights.bin': 'NoSuchArch' "
+            "is not a built-in or registered open_clip architecture*"
+        ]
     )
 
 
