@@ -1,10 +1,11 @@
-"""Content-addressed cache of image embeddings in one SQLite file.
+"""Content-addressed cache of image and text embeddings in one SQLite file.
 
 An entry is found by two keys. The model key hashes everything that decides what a
-model returns for a given image: the weights hash (``LoadedModel.sha256``), the
-preprocessing pipeline, the precision the forward pass ran in, the open_clip version
-and this module's entry format. The image key is the sha256 of the image file's
-bytes, so renaming or moving a file keeps its entry and changing its bytes misses.
+model returns for a given input. That is the weights hash (``LoadedModel.sha256``),
+the preprocessing pipeline for images or the tokenizer for texts, the precision the
+forward pass ran in, the open_clip version and this module's entry format. The
+content key is the sha256 of the image file's bytes or of the UTF-8 text, so
+renaming or moving a file keeps its entry and changing its bytes misses.
 
 Why SQLite: every batch of new embeddings is one transaction, so an entry is either
 written whole or not at all, even when the process is killed or interrupted with
@@ -44,8 +45,9 @@ CACHE_FILE_NAME = "embeddings.sqlite3"
 SCHEMA_VERSION = 1
 # Part of every model key. Raise it when image decoding (embeddings.open_rgb) or the
 # way embeddings are computed changes, so that older entries miss.
-ENTRY_FORMAT = "modelqa-image-embedding-1"
+ENTRY_FORMAT = "modelqa-embedding-1"
 PRECISIONS = ("fp32", "bf16", "fp16")
+KINDS = ("image", "text")
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_KEYS_PER_QUERY = 900
 _VECTOR_DTYPE = np.dtype("<f4")  # float32, little-endian on every platform
@@ -53,38 +55,76 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def image_key(data: bytes) -> str:
-    """Return the cache key of an image: the sha256 of its file bytes, in hex."""
+    """Return the content key of an image: the sha256 of its file bytes, in hex."""
     return hashlib.sha256(data).hexdigest()
 
 
-def describe_preprocess(preprocess: object) -> str:
-    """Return a description of a preprocessing pipeline that is stable across runs.
+def text_key(text: str) -> str:
+    """Return the content key of a text: the sha256 of its UTF-8 bytes, in hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    This is the pipeline's repr with memory addresses removed, because the repr of a
-    plain function or lambda in a torchvision Compose contains one.
+
+def describe_preprocess(model: LoadedModel) -> str:
+    """Return a description of a model's preprocessing that is stable across runs.
+
+    It joins the pipeline's repr, with memory addresses removed (a plain function in
+    a torchvision Compose shows one), and the model's ``preprocess_cfg`` when the
+    models layer sets it.
     """
     # NOTE: open_clip 3.3's CenterCropOrPad and MaybeConvertMode leave their fill
-    # colour and target mode out of their repr, so two pipelines that differ only
-    # there share a description. A preprocess_cfg exposed by the models layer would
-    # close that gap.
-    return _ADDRESS.sub("", repr(preprocess))
+    # colour and target mode out of their repr, so for a model without a
+    # preprocess_cfg two pipelines that differ only there share a key.
+    pipeline = _ADDRESS.sub("", repr(model.preprocess))
+    config = getattr(model, "preprocess_cfg", None)
+    return json.dumps({"pipeline": pipeline, "config": config}, default=str)
 
 
-def model_key(model: LoadedModel, *, precision: str) -> str:
-    """Return the cache key of a model's image embeddings at a given precision.
+def describe_tokenizer(model: LoadedModel) -> str:
+    """Return a description of a model's tokenizer that is stable across runs.
+
+    It records the tokenizer's class and its plain attributes (for open_clip's
+    SimpleTokenizer: context_length, vocab_size and the special token ids), and
+    the name_or_path of a wrapped Hugging Face tokenizer.
+    """
+    # NOTE: SimpleTokenizer's vocabulary ships with open_clip, whose version is part
+    # of the model key; a Hugging Face tokenizer is known only by its name_or_path.
+    tokenizer = model.tokenizer
+    plain = (str, int, float, bool, type(None))
+    attributes = {
+        name: value
+        for name, value in sorted(getattr(tokenizer, "__dict__", {}).items())
+        if isinstance(value, plain)
+    }
+    wrapped = getattr(tokenizer, "tokenizer", None)
+    description = {
+        "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+        "attributes": attributes,
+        "name_or_path": getattr(wrapped, "name_or_path", None),
+    }
+    return json.dumps(description, default=str)
+
+
+def model_key(model: LoadedModel, *, precision: str, kind: str = "image") -> str:
+    """Return the cache key of a model's image or text embeddings at a precision.
 
     `precision` is the one the forward pass actually ran in ("fp32", "bf16" or
-    "fp16"). The key hashes it with the weights hash, the preprocessing description,
-    the installed open_clip version and `ENTRY_FORMAT`.
+    "fp16"), and `kind` is "image" or "text". The key hashes both with the weights
+    hash, the preprocessing (images) or tokenizer (texts) description, the installed
+    open_clip version and `ENTRY_FORMAT`.
     """
     if precision not in PRECISIONS:
         raise ValueError(
             f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}"
         )
+    if kind not in KINDS:
+        raise ValueError(f"kind must be image or text; got {kind!r}")
     parts = {
         "entry_format": ENTRY_FORMAT,
+        "kind": kind,
         "weights_sha256": model.sha256,
-        "preprocess": describe_preprocess(model.preprocess),
+        "input": describe_preprocess(model)
+        if kind == "image"
+        else describe_tokenizer(model),
         "precision": precision,
         "open_clip": _open_clip_version(),
     }
@@ -98,15 +138,15 @@ def _open_clip_version() -> str:
         return "unknown"
 
 
-def _checksum(model: str, image: str, dim: int, vector: bytes) -> str:
+def _checksum(model: str, content: str, dim: int, vector: bytes) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{model}\0{image}\0{dim}\0".encode())
+    digest.update(f"{model}\0{content}\0{dim}\0".encode())
     digest.update(vector)
     return digest.hexdigest()
 
 
 class EmbeddingCache:
-    """Image embeddings stored in ``FOLDER/embeddings.sqlite3``, shared by processes.
+    """Embeddings stored in ``FOLDER/embeddings.sqlite3``, shared by processes.
 
     `folder` is created when missing. `timeout` is how long, in seconds, a write
     waits for another process's write to finish before it is skipped. The database
@@ -143,9 +183,7 @@ class EmbeddingCache:
         if connection is None:
             return 0
         try:
-            (count,) = connection.execute(
-                "SELECT COUNT(*) FROM image_embeddings"
-            ).fetchone()
+            (count,) = connection.execute("SELECT COUNT(*) FROM embeddings").fetchone()
         except sqlite3.Error as error:
             self._handle_error("count entries", error)
             return 0
@@ -160,9 +198,9 @@ class EmbeddingCache:
     # -- reads and writes ---------------------------------------------------------
 
     def get_many(
-        self, model: str, images: Sequence[str], *, dim: int
+        self, model: str, contents: Sequence[str], *, dim: int
     ) -> dict[str, np.ndarray]:
-        """Look up embeddings of one model key; return {image key: (dim,) float32}.
+        """Look up embeddings of one model key; return {content key: (dim,) float32}.
 
         Keys without an entry are left out, and so are damaged entries: a checksum
         mismatch, a vector of the wrong byte length or a width other than `dim`.
@@ -171,7 +209,7 @@ class EmbeddingCache:
         """
         found: dict[str, np.ndarray] = {}
         connection = self._connect()
-        unique = list(dict.fromkeys(images))
+        unique = list(dict.fromkeys(contents))
         if connection is None:
             self.misses += len(unique)
             return found
@@ -180,16 +218,18 @@ class EmbeddingCache:
                 chunk = unique[start : start + _MAX_KEYS_PER_QUERY]
                 marks = ",".join("?" * len(chunk))
                 rows = connection.execute(
-                    "SELECT image_sha256, dim, vector, checksum FROM image_embeddings "
-                    f"WHERE model_key = ? AND image_sha256 IN ({marks})",
+                    "SELECT content_sha256, dim, vector, checksum FROM embeddings "
+                    f"WHERE model_key = ? AND content_sha256 IN ({marks})",
                     (model, *chunk),
                 ).fetchall()
-                for image, stored_dim, vector, checksum in rows:
-                    embedding = self._decode(model, image, stored_dim, vector, checksum)
+                for content, stored_dim, vector, checksum in rows:
+                    embedding = self._decode(
+                        model, content, stored_dim, vector, checksum
+                    )
                     if embedding is not None and embedding.shape == (dim,):
-                        found[image] = embedding
+                        found[content] = embedding
                     elif embedding is not None:
-                        self._report_corrupt(image, f"width {stored_dim}, not {dim}")
+                        self._report_corrupt(content, f"width {stored_dim}, not {dim}")
         except sqlite3.Error as error:
             self._handle_error("read entries", error)
             found = {}
@@ -198,7 +238,7 @@ class EmbeddingCache:
         return found
 
     def set_many(self, model: str, entries: Iterable[tuple[str, np.ndarray]]) -> bool:
-        """Store (image key, (D,) vector) pairs of one model key in one transaction.
+        """Store (content key, (D,) vector) pairs of one model key in one transaction.
 
         Existing entries of the same keys are replaced. Either every pair is stored
         or, when anything fails or interrupts the call, none is. Return whether the
@@ -215,9 +255,10 @@ class EmbeddingCache:
             return False
         try:
             connection.executemany(
-                "INSERT OR REPLACE INTO image_embeddings "
-                "(model_key, image_sha256, dim, vector, checksum) VALUES (?, ?, ?, ?, ?)",
-                (self._encode(model, image, vector) for image, vector in entries),
+                "INSERT OR REPLACE INTO embeddings"
+                " (model_key, content_sha256, dim, vector, checksum)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self._encode(model, content, vector) for content, vector in entries),
             )
             connection.execute("COMMIT")
         except sqlite3.Error as error:
@@ -230,36 +271,37 @@ class EmbeddingCache:
         return True
 
     @staticmethod
-    def _encode(model: str, image: str, vector: np.ndarray) -> tuple:
+    def _encode(model: str, content: str, vector: np.ndarray) -> tuple:
         array = np.ascontiguousarray(vector, dtype=_VECTOR_DTYPE)
         if array.ndim != 1:
             raise ValueError(
-                f"embedding of image {image} must have shape (D,); got {array.shape}"
+                f"embedding of {content} must have shape (D,); got {array.shape}"
             )
         blob = array.tobytes()
-        return (model, image, array.size, blob, _checksum(model, image, array.size, blob))
+        checksum = _checksum(model, content, array.size, blob)
+        return model, content, array.size, blob, checksum
 
     def _decode(
-        self, model: str, image: str, dim: int, vector: bytes, checksum: str
+        self, model: str, content: str, dim: int, vector: bytes, checksum: str
     ) -> np.ndarray | None:
         if not isinstance(vector, bytes) or not isinstance(dim, int):
-            self._report_corrupt(image, "vector or width of the wrong type")
+            self._report_corrupt(content, "vector or width of the wrong type")
             return None
         if len(vector) != dim * _VECTOR_DTYPE.itemsize:
-            self._report_corrupt(image, f"{len(vector)} bytes for width {dim}")
+            self._report_corrupt(content, f"{len(vector)} bytes for width {dim}")
             return None
-        if checksum != _checksum(model, image, dim, vector):
-            self._report_corrupt(image, "checksum mismatch")
+        if checksum != _checksum(model, content, dim, vector):
+            self._report_corrupt(content, "checksum mismatch")
             return None
         return np.frombuffer(vector, dtype=_VECTOR_DTYPE).astype(np.float32)
 
-    def _report_corrupt(self, image: str, reason: str) -> None:
+    def _report_corrupt(self, content: str, reason: str) -> None:
         self.corrupt += 1
         logger.warning(
-            "embedding cache %s: damaged entry for image %s (%s); it will be "
+            "embedding cache %s: damaged entry for content %s (%s); it will be "
             "recomputed",
             self.path,
-            image,
+            content,
             reason,
         )
 
@@ -277,7 +319,10 @@ class EmbeddingCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._connection = self._open()
         except sqlite3.DatabaseError as error:
-            if error.sqlite_errorcode not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            if error.sqlite_errorcode not in (
+                sqlite3.SQLITE_CORRUPT,
+                sqlite3.SQLITE_NOTADB,
+            ):
                 self._handle_error("open the database", error)
                 return None
             logger.warning(
@@ -305,6 +350,8 @@ class EmbeddingCache:
         return self._connection
 
     def _open(self) -> sqlite3.Connection:
+        # NOTE: WAL mode needs shared memory between processes, so the folder must
+        # be on a local filesystem; SQLite does not support WAL over NFS.
         connection = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None
         )
@@ -331,15 +378,15 @@ class EmbeddingCache:
                     version,
                     SCHEMA_VERSION,
                 )
-                connection.execute("DROP TABLE IF EXISTS image_embeddings")
+                connection.execute("DROP TABLE IF EXISTS embeddings")
             connection.execute(
-                "CREATE TABLE IF NOT EXISTS image_embeddings ("
+                "CREATE TABLE IF NOT EXISTS embeddings ("
                 " model_key TEXT NOT NULL,"
-                " image_sha256 TEXT NOT NULL,"
+                " content_sha256 TEXT NOT NULL,"
                 " dim INTEGER NOT NULL,"
-                " vector BLOB NOT NULL,"
+                " vector BLOB NOT NULL,"  # float32, little-endian
                 " checksum TEXT NOT NULL,"
-                " PRIMARY KEY (model_key, image_sha256)"
+                " PRIMARY KEY (model_key, content_sha256)"
                 ") WITHOUT ROWID"
             )
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -349,8 +396,8 @@ class EmbeddingCache:
             raise
 
     def _set_aside(self) -> None:
-        # NOTE: another process that still has the old file open keeps using it
-        # until it reopens; its writes are lost, but no file is damaged by them.
+        # NOTE: another process that has the old file open keeps writing to it until
+        # it reopens. Those writes are lost, but they damage no file.
         self.path.replace(self.path.with_name(self.path.name + ".corrupt"))
         for suffix in ("-wal", "-shm"):
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
