@@ -98,9 +98,11 @@ class TrainConfig:
     monitor: str = "val_shoelace_acc"
     patience: int = 3  # epochs without a min_delta improvement before stopping
     min_delta: float = 0.0  # smallest change of monitor that counts as improvement
-    # Growth of the train-probe minus validation shoelace accuracy since the best
-    # epoch that turns a plateau into overfitting (accuracy points, 0-1).
+    # A plateau is overfitting when, since the best epoch, the train-probe minus
+    # validation shoelace accuracy grew by more than overfit_gap (0-1), or val_loss
+    # minus train_loss grew by more than overfit_loss_gap (nats).
     overfit_gap: float = 0.05
+    overfit_loss_gap: float = 0.5
     early_stop: bool = True  # stop on overfitting or a plateau of patience epochs
     # Underfitting: after underfit_epochs epochs, the best underfit_metric stays
     # below the validation share of its most common class plus underfit_margin.
@@ -162,6 +164,12 @@ def _coerce(name: str, value: Any) -> Any:
 def _coerce_scalar(name: str, value: Any, expected: type) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        # PyYAML follows YAML 1.1, which reads 1e-3 (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if expected is not bool and isinstance(value, bool):
         raise ConfigError(f"{name}: expected {expected.__name__}, got {value!r}")
     if not isinstance(value, expected):
@@ -207,9 +215,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         elif path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text)
         else:
-            raise ConfigError(f"{path}: unknown config format; use .yaml, .yml or .toml")
+            raise ConfigError(
+                f"{path}: unknown config format; use .yaml, .yml or .toml"
+            )
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{path}: invalid {path.suffix[1:].upper()} ({error})") from error
+        raise ConfigError(
+            f"{path}: invalid {path.suffix[1:].upper()} ({error})"
+        ) from error
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -238,7 +250,9 @@ def build_config(
     overrides = overrides or {}
     check_keys(overrides, "overrides")
     values.update(overrides)
-    config = TrainConfig(**{name: _coerce(name, value) for name, value in values.items()})
+    config = TrainConfig(
+        **{name: _coerce(name, value) for name, value in values.items()}
+    )
     validate(config)
     return config
 
@@ -259,7 +273,9 @@ def validate(config: TrainConfig) -> None:
     if config.init is not None and config.model_cfg is not None:
         raise ConfigError("set init or model_cfg, not both: init brings its own config")
     if config.wise_ft_alphas and config.init is None:
-        raise ConfigError("wise_ft_alphas needs init: WiSE-FT mixes with the init model")
+        raise ConfigError(
+            "wise_ft_alphas needs init: WiSE-FT mixes with the init model"
+        )
     if not config.caption_templates:
         raise ConfigError("caption_templates: give at least one template")
     names_lace = any("{shoelace_colour" in t for t in config.caption_templates)
@@ -300,15 +316,21 @@ def _check_ranges(config: TrainConfig) -> None:
     }
     for name, minimum in at_least.items():
         if getattr(config, name) < minimum:
-            raise ConfigError(f"{name}: expected ≥ {minimum}, got {getattr(config, name)}")
+            raise ConfigError(
+                f"{name}: expected ≥ {minimum}, got {getattr(config, name)}"
+            )
     if config.lr <= 0:
         raise ConfigError(f"lr: expected > 0, got {config.lr}")
     if config.weight_decay < 0:
         raise ConfigError(f"weight_decay: expected ≥ 0, got {config.weight_decay}")
     if config.grad_clip_norm is not None and config.grad_clip_norm <= 0:
-        raise ConfigError(f"grad_clip_norm: expected > 0 or none, got {config.grad_clip_norm}")
+        raise ConfigError(
+            f"grad_clip_norm: expected > 0 or none, got {config.grad_clip_norm}"
+        )
     if not config.top_k or min(config.top_k) < 1:
         raise ConfigError(f"top_k: expected positive integers, got {config.top_k}")
     bad_alphas = [alpha for alpha in config.wise_ft_alphas if not 0 <= alpha <= 1]
     if bad_alphas:
-        raise ConfigError(f"wise_ft_alphas: each alpha must be in [0, 1], got {bad_alphas}")
+        raise ConfigError(
+            f"wise_ft_alphas: each alpha must be in [0, 1], got {bad_alphas}"
+        )
