@@ -11,10 +11,19 @@ import pytest
 
 from pytest_modelqa import __version__
 from pytest_modelqa.catalog import FIXTURES_DIR
+from pytest_modelqa.embeddings import ImageLoadError
 from pytest_modelqa.gate import select_models
 from pytest_modelqa.items import SuiteFile
 from pytest_modelqa.models import ModelLoadError, check_spec
-from pytest_modelqa.runner import EncodeOptions, ModelPool
+from pytest_modelqa.recording import (
+    BaselineRecording,
+    RecordingError,
+    build_recording,
+    read_recording,
+    write_recording,
+)
+from pytest_modelqa.results import environment
+from pytest_modelqa.runner import BaselineError, EncodeOptions, ModelPool
 from pytest_modelqa.state import GateState, state_key
 from pytest_modelqa.suite import SUITE_FILE_NAME
 
@@ -84,6 +93,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Write every figure, verdict and the model selection as JSON to PATH. "
         "Default: no JSON file.",
     )
+    group.addoption(
+        "--modelqa-save-baseline",
+        metavar="PATH",
+        dest="modelqa_save_baseline",
+        default=None,
+        help="Compute the baseline's figures on every collected suite and write them, "
+        "with per-item results and hashes, as a recorded baseline (JSON) to PATH. "
+        "Default: no recording.",
+    )
+    group.addoption(
+        "--modelqa-baseline-results",
+        metavar="PATH",
+        dest="modelqa_baseline_results",
+        default=None,
+        help="Gate against the baseline recorded in PATH by --modelqa-save-baseline, "
+        "without loading the baseline's weights. Default: none (the baseline is "
+        "loaded).",
+    )
     parser.addini(
         "modelqa_baseline",
         "Default baseline spec when --modelqa-baseline is not given.",
@@ -133,12 +160,16 @@ def pytest_configure(config: pytest.Config) -> None:
     specs = config.getoption("modelqa_models")
     for spec in specs:
         _check_spec("--model", spec)
-    baseline = (
-        config.getoption("modelqa_baseline")
-        or config.getini("modelqa_baseline")
-        or str(DEFAULT_BASELINE)
-    )
-    if specs:
+    recording = _read_recording(config)
+    if recording is not None:
+        baseline = recording.spec
+    else:
+        baseline = (
+            config.getoption("modelqa_baseline")
+            or config.getini("modelqa_baseline")
+            or str(DEFAULT_BASELINE)
+        )
+    if specs and recording is None:
         _check_spec("--modelqa-baseline", baseline)
     if config.getoption("modelqa_batch_size") < 1:
         raise pytest.UsageError("--modelqa-batch-size must be at least 1")
@@ -158,11 +189,49 @@ def pytest_configure(config: pytest.Config) -> None:
         candidates=_candidate_labels(specs),
         pool=ModelPool(options, arch=config.getoption("modelqa_arch")),
         catalog_dirs=catalog_dirs,
+        recording=recording,
     )
     if config.pluginmanager.hasplugin("html"):
         from pytest_modelqa.report import HtmlReport
 
         config.pluginmanager.register(HtmlReport(config), "modelqa-html")
+
+
+def _read_recording(config: pytest.Config) -> BaselineRecording | None:
+    """Check the recorded-baseline options; read --modelqa-baseline-results."""
+    save = config.getoption("modelqa_save_baseline")
+    results = config.getoption("modelqa_baseline_results")
+    if save and results:
+        raise pytest.UsageError(
+            "--modelqa-save-baseline and --modelqa-baseline-results exclude each "
+            "other: record a baseline from its weights, then gate against the "
+            "recording in another run"
+        )
+    if save and config.option.collectonly:
+        raise pytest.UsageError(
+            "--modelqa-save-baseline computes the baseline's figures, which "
+            "--collect-only skips; run without --collect-only"
+        )
+    if save and config.getoption("numprocesses", None):
+        # The figures are computed where the items run, in pytest-xdist's workers,
+        # and only the controller may write files.
+        raise pytest.UsageError(
+            "--modelqa-save-baseline does not work under pytest-xdist; record the "
+            "baseline without -n"
+        )
+    if not results:
+        return None
+    if config.getoption("modelqa_baseline"):
+        raise pytest.UsageError(
+            "--modelqa-baseline and --modelqa-baseline-results exclude each other: "
+            "the recording names its own baseline. Pass one of them"
+        )
+    try:
+        return read_recording(results, root=Path(config.rootpath))
+    except RecordingError as error:
+        raise pytest.UsageError(
+            f"--modelqa-baseline-results {results}: {error}"
+        ) from error
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path):
@@ -178,10 +247,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     import open_clip
     import torch
 
+    baseline = state.baseline
+    if state.recording is not None:
+        recorded = state.recording.model
+        baseline = (
+            f"{recorded['spec']} (sha256 {recorded['sha256'][:12]}), recorded in "
+            f"{state.recording.path}"
+        )
     return [
         f"modelqa: pytest-modelqa {__version__}, torch {torch.__version__}, "
         f"open_clip {open_clip.__version__}",
-        f"modelqa: baseline {state.baseline}",
+        f"modelqa: baseline {baseline}",
         f"modelqa: candidates {', '.join(state.candidates)}",
     ]
 
@@ -210,10 +286,45 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Write the recorded baseline before the items run, when one is requested."""
+    config = session.config
+    path = config.getoption("modelqa_save_baseline")
+    # Failed collection: pytest's own loop stops the session with the errors.
+    if not path or session.testsfailed:
+        return
+    state = config.stash[state_key]
+    runners = list(state.runners.values())
+    if not runners:
+        raise pytest.UsageError(
+            f"--modelqa-save-baseline {path}: no suite file ({SUITE_FILE_NAME}) was "
+            "collected, so there is nothing to record. Pass the suite's folder"
+        )
+    try:
+        for runner in runners:
+            runner.check_baseline_loads()
+            if config.getini("modelqa_check_baseline"):
+                runner.check_baseline_sane()
+        document = build_recording(
+            runners,
+            state.pool.model(state.baseline),
+            Path(config.rootpath),
+            environment(Path(config.rootpath)),
+        )
+    except (BaselineError, ModelLoadError, ImageLoadError) as error:
+        raise pytest.UsageError(f"--modelqa-save-baseline {path}: {error}") from error
+    state.saved_recording = write_recording(path, document)
+
+
 def pytest_terminal_summary(
     terminalreporter, exitstatus, config: pytest.Config
 ) -> None:
     state = config.stash.get(state_key, None)
+    if state is not None and state.saved_recording is not None:
+        terminalreporter.write_line(
+            f"modelqa: baseline {state.baseline} recorded in {state.saved_recording}"
+        )
     if state is None or not state.verdicts:
         return
     verdicts = state.verdicts

@@ -61,6 +61,11 @@ def environment(root: Path) -> dict:
 
 def _model_entry(state: GateState, spec: str, role: str, label: str) -> dict:
     entry = {"label": label, "role": role, "spec": spec}
+    if role == "baseline" and state.recording is not None:
+        # The recording's description of the model; its weights are not loaded.
+        entry.update(state.recording.model)
+        entry["recorded_in"] = str(state.recording.path)
+        return entry
     try:
         model = state.pool.model(spec)
         entry.update(describe_model(model))

@@ -8,6 +8,7 @@ import string
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from pytest_modelqa.embeddings import encode_images, encode_texts, top_k
 from pytest_modelqa.gate import Verdict, compare
 from pytest_modelqa.models import LoadedModel, ModelLoadError, load_model
 from pytest_modelqa.suite import Case, Suite
+
+if TYPE_CHECKING:
+    from pytest_modelqa.recording import BaselineRecording
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +140,21 @@ class SuiteRunner:
     """Figures and verdicts of one suite for the baseline and each candidate."""
 
     def __init__(
-        self, suite: Suite, pool: ModelPool, baseline: str, candidates: dict[str, str]
+        self,
+        suite: Suite,
+        pool: ModelPool,
+        baseline: str,
+        candidates: dict[str, str],
+        *,
+        recording: BaselineRecording | None = None,
     ):
         self.suite = suite
         self.pool = pool
         self.baseline = baseline
         self.candidates = candidates  # label -> spec
+        # A recorded baseline stands in for the baseline's weights: its figures are
+        # read from the recording, and `baseline` is then the recording's spec.
+        self.recording = recording
         self._figures: dict[str, ModelFigures] = {}
         self._image_hashes: list[str] | None = None
         self._baseline_sane = False
@@ -153,6 +166,8 @@ class SuiteRunner:
     def figures(self, spec: str) -> ModelFigures:
         if spec == self.baseline and spec not in self._figures:
             self._check_pin()
+            if self.recording is not None:
+                self._figures[spec] = self.recording.figures_for(self.suite)
         if spec not in self._figures:
             self._figures[spec] = ModelFigures(
                 classification=self._classification(spec),
@@ -169,16 +184,28 @@ class SuiteRunner:
         pinned = self.suite.baseline_sha256
         if not pinned:
             return
-        actual = self.pool.model(self.baseline).sha256
+        if self.recording is not None:
+            actual = self.recording.sha256
+            fix = "Record the pinned model with --modelqa-save-baseline"
+        else:
+            actual = self.pool.model(self.baseline).sha256
+            fix = "Point --modelqa-baseline at the pinned model"
         if actual != pinned:
             raise BaselineError(
                 f"baseline {self.baseline} has sha256 {actual}, but {self.suite.path} "
-                f"pins baseline_sha256 {pinned}: the baseline's weights changed. Point "
-                "--modelqa-baseline at the pinned model, or update the pin on purpose."
+                f"pins baseline_sha256 {pinned}: the baseline's weights changed. "
+                f"{fix}, or update the pin on purpose."
             )
 
     def check_baseline_loads(self) -> None:
-        """Raise BaselineError when the baseline cannot be loaded."""
+        """Raise BaselineError when the baseline cannot be loaded.
+
+        A recorded baseline is checked against the suite instead: the suite must be
+        in the recording, with the recorded settings and catalog hashes.
+        """
+        if self.recording is not None:
+            self.figures(self.baseline)
+            return
         try:
             self.pool.model(self.baseline)
         except ModelLoadError as error:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_modelqa.gate import Verdict
 from pytest_modelqa.runner import ModelPool, SuiteRunner
 from pytest_modelqa.suite import Suite
+
+if TYPE_CHECKING:
+    from pytest_modelqa.recording import BaselineRecording
 
 
 class ModelQAWarning(pytest.PytestWarning):
@@ -25,6 +29,10 @@ class GateState:
     pool: ModelPool
     catalog_dirs: list[Path]
     runners: dict[Path, SuiteRunner] = field(default_factory=dict)
+    # Set by --modelqa-baseline-results; `baseline` is then the recording's spec.
+    recording: BaselineRecording | None = None
+    # Where --modelqa-save-baseline wrote the recording, once written.
+    saved_recording: Path | None = None
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -41,6 +49,10 @@ def runner_for(config: pytest.Config, suite: Suite) -> SuiteRunner:
     state = config.stash[state_key]
     if suite.path not in state.runners:
         state.runners[suite.path] = SuiteRunner(
-            suite, state.pool, state.baseline, state.candidates
+            suite,
+            state.pool,
+            state.baseline,
+            state.candidates,
+            recording=state.recording,
         )
     return state.runners[suite.path]
