@@ -563,6 +563,21 @@ def _tag_quick_gelu(spec: str) -> tuple[str, str, bool] | None:
     return arch, tag, bool(tag_cfg.get("quick_gelu", False))
 
 
+def _pretrained_tag_of_repo(repo_id: str) -> str | None:
+    """Return ``ARCH:TAG`` of the open_clip pretrained tag stored in a hub repository.
+
+    open_clip 3.3 names several tags' weights by one repository (ViT-B-32:openai and
+    ViT-B-32-quickgelu:openai share timm/vit_base_patch32_clip_224.openai), always
+    with the same quick_gelu, so the first match serves.
+    """
+    expected = repo_id.lower()
+    for arch, tag in open_clip.list_pretrained():
+        hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
+        if "/".join(hub.strip("/").split("/")[:2]).lower() == expected:
+            return f"{arch}:{tag}"
+    return None
+
+
 def _warn_on_activation_mismatch(spec: str, model_cfg: dict, *, what: str) -> None:
     """Warn when a model's activation differs from the one its pretrained tag used.
 
@@ -848,6 +863,12 @@ def _load_open_clip_source(
     """Load open_clip_config.json and the weights beside it."""
     config = _read_json(config_path, spec)
     arch = _arch_from_config(config, f"the model config in {config_path.name}")
+    if isinstance(source, _HubRepo):
+        origin = _pretrained_tag_of_repo(source.repo_id)
+        if origin is not None:
+            _warn_on_activation_mismatch(
+                origin, arch.model_cfg, what=f"{spec} (the weights of {origin})"
+            )
     weights = _find_first(source, OPEN_CLIP_WEIGHT_NAMES) or source.fallback_weights()
     if weights is None:
         raise ModelLoadError(

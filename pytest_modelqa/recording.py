@@ -2,10 +2,10 @@
 
 ``--modelqa-save-baseline PATH`` writes a recording while the baseline's weights are at
 hand; ``--modelqa-baseline-results PATH`` gates candidates against it without loading
-them. The recording contains every per-item result the paired statistics use (true
-class ranks and predictions per test item, the judged results of each retrieval case,
-per-image benchmark correctness), so a gate against it reaches the same verdicts as a
-gate against the weights.
+them. The recording contains every per-item result that the paired statistics use:
+the true class's rank and the prediction per test item, the judged results of each
+retrieval case and the correctness per benchmark image. A gate against it therefore
+reaches the same verdicts as a gate against the weights.
 
 Each suite in a recording carries two kinds of hash. The settings hash covers what in
 the suite determines the figures (catalog, columns, prompt, labels, splits, top_k,
@@ -33,8 +33,8 @@ from pytest_modelqa.suite import Suite
 
 RECORDING_FORMAT = "pytest-modelqa-baseline"
 RECORDING_VERSION = 1
-# How a recorded baseline is named where a model spec would stand. No spec loads
-# under this name, because "recorded" is not an open_clip architecture.
+# Prefix of the name that replaces the baseline spec when a recording is used. No
+# spec loads under such a name, because "recorded" is not an open_clip architecture.
 RECORDED_PREFIX = "recorded:"
 
 
@@ -390,7 +390,7 @@ class BaselineRecording:
 
     @property
     def spec(self) -> str:
-        """Return the name that stands for the recorded baseline where specs go."""
+        """Return the name used in place of a baseline spec: recorded:PATH."""
         return f"{RECORDED_PREFIX}{self.path}"
 
     @property
@@ -510,6 +510,7 @@ def read_recording(path: str | Path, *, root: Path) -> BaselineRecording:
         document = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as error:
         raise RecordingError(f"not valid JSON ({error})") from error
+
     if not isinstance(document, dict):
         raise RecordingError(f"contains {_kind_name(document)}, expected an object")
     found = document.get("format")
@@ -529,6 +530,7 @@ def read_recording(path: str | Path, *, root: Path) -> BaselineRecording:
             f"format_version {version!r} is newer than this pytest-modelqa reads "
             f"({RECORDING_VERSION}); upgrade pytest-modelqa"
         )
+
     model = _field(document, "model", dict, "the file")
     _field(model, "sha256", str, "model")
     _field(model, "spec", str, "model")

@@ -152,8 +152,8 @@ class SuiteRunner:
         self.pool = pool
         self.baseline = baseline
         self.candidates = candidates  # label -> spec
-        # A recorded baseline stands in for the baseline's weights: its figures are
-        # read from the recording, and `baseline` is then the recording's spec.
+        # With a recorded baseline, the baseline's figures are read from the
+        # recording instead of computed, and `baseline` is the recording's spec.
         self.recording = recording
         self._figures: dict[str, ModelFigures] = {}
         self._image_hashes: list[str] | None = None
@@ -185,14 +185,16 @@ class SuiteRunner:
         if not pinned:
             return
         if self.recording is not None:
+            name = f"{self.recording.model['spec']} (recorded in {self.recording.path})"
             actual = self.recording.sha256
             fix = "Record the pinned model with --modelqa-save-baseline"
         else:
+            name = self.baseline
             actual = self.pool.model(self.baseline).sha256
             fix = "Point --modelqa-baseline at the pinned model"
         if actual != pinned:
             raise BaselineError(
-                f"baseline {self.baseline} has sha256 {actual}, but {self.suite.path} "
+                f"baseline {name} has sha256 {actual}, but {self.suite.path} "
                 f"pins baseline_sha256 {pinned}: the baseline's weights changed. "
                 f"{fix}, or update the pin on purpose."
             )

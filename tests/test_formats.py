@@ -299,6 +299,36 @@ def test_hf_hub_cache_readable_by_open_clip(
     )
 
 
+@pytest.mark.parametrize("quick_gelu", [False, True])
+def test_hf_hub_pretrained_repo_activation(
+    tmp_path: Path, hub_cache, tiny_model, quick_gelu
+):
+    # open_clip's pretrained config names this repository for ViT-B-32:openai, whose
+    # weights were trained with QuickGELU, so a config that sets GELU contradicts them.
+    folder = write_open_clip_folder(tmp_path / "upload", tiny_model)
+    config = {
+        "model_cfg": {**TINY_MODEL_CFG, "quick_gelu": quick_gelu},
+        "preprocess_cfg": TINY_PREPROCESS_CFG,
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    repo_id = "timm/vit_base_patch32_clip_224.openai"
+    populate_hub_cache(
+        hub_cache, repo_id, {path.name: path for path in folder.iterdir()}
+    )
+    if quick_gelu:
+        # pyproject turns warnings into errors, so any warning fails this branch.
+        load_model(f"hf-hub:{repo_id}")
+        return
+    with pytest.warns(
+        ModelLoadWarning,
+        match=rf"hf-hub:{repo_id} \(the weights of ViT-B-32:openai\): activation "
+        r"mismatch: the model uses GELU \(quick_gelu=False\), but pretrained tag "
+        r"'openai' of ViT-B-32 was trained with QuickGELU .*; use "
+        r"ViT-B-32-quickgelu:openai",
+    ):
+        load_model(f"hf-hub:{repo_id}")
+
+
 def test_hf_hub_not_cached(hub_cache):
     with pytest.raises(
         ModelLoadError,

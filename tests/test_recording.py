@@ -260,7 +260,8 @@ def test_pin_checked_against_recording(pytester, recorded, models):  # noqa: F81
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(
         [
-            f"*has sha256 {recorded_sha}, but * pins baseline_sha256 abab*: "
+            f"*baseline * (recorded in {path}) has sha256 {recorded_sha}, but * pins "
+            "baseline_sha256 abab*: "
             "*Record the pinned model with --modelqa-save-baseline*"
         ]
     )
@@ -402,3 +403,10 @@ def test_broken_baseline_is_not_recorded(pytester, suite_dir, models):  # noqa: 
         [f"ERROR: --modelqa-save-baseline {path}: baseline looks broken: *"]
     )
     assert not path.exists()
+
+
+def test_help_lists_recording_options(pytester):
+    result = pytester.runpytest("--help")
+    text = "\n".join(result.stdout.lines)
+    assert "--modelqa-save-baseline=PATH" in text
+    assert "--modelqa-baseline-results=PATH" in text
