@@ -82,6 +82,11 @@ def rank_device(device: str, world: World) -> str:
     import torch
 
     count = torch.cuda.device_count()
+    if count == 0:
+        raise pytest.UsageError(
+            "--modelqa-device cuda: no CUDA device is available on this node; pass "
+            "--modelqa-device cpu"
+        )
     if world.local_rank >= count:
         raise pytest.UsageError(
             f"--modelqa-device cuda: LOCAL_RANK is {world.local_rank} but this node "
@@ -145,13 +150,13 @@ class GateRank:
             session.testsfailed and not config.option.continue_on_collection_errors
         )
         state = config.stash.get(state_key, None)
-        # Every rank sees the same collection, so all of them skip or enter this.
+        # Every rank collects the same items, so all of them skip or enter this.
         if state is not None and not config.option.collectonly and not stopping:
             if not self.world.is_main:
                 state.pool.options.progress = False
             with process_group(self.world):
                 encode_in_shards(state.pool, encoding_plan(session, state), self.world)
-        # True tells pytest that the loop is done, so no item runs on this rank.
+        # Returning True ends pytest's test loop, so no item runs on this rank.
         return None if self.world.is_main else True
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
@@ -192,7 +197,7 @@ def encoding_plan(
 
 
 def shard_bounds(count: int, world: World) -> tuple[int, int]:
-    """Return this rank's [start, stop) of `count` rows; sizes differ by one at most."""
+    """Return this rank's [start, stop) of `count` rows. Sizes differ by 1 at most."""
     base, extra = divmod(count, world.size)
     start = world.rank * base + min(world.rank, extra)
     return start, start + base + (world.rank < extra)
@@ -204,9 +209,8 @@ def encode_in_shards(
     """Encode each pair's images across the ranks and keep them in rank 0's pool.
 
     Every rank must call this with the same plan. A pair that fails on any rank (a
-    model that does not load, an unreadable image) is not kept, so rank 0 encodes
-    it alone when an item needs it, and the item reports the error as it does in
-    one process.
+    model that does not load, an unreadable image) is not kept. Rank 0 then encodes
+    it alone when an item needs it, and the item reports the error as in one process.
     """
     _check_same_plan(plan, world)
     for spec, catalog in plan:

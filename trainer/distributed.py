@@ -27,8 +27,8 @@ from trainer.compute import Compute
 from trainer.config import ConfigError
 
 logger = logging.getLogger(__name__)
-# The variables torchrun sets in each process it starts; a child process that should
-# run on its own, such as the gate after training, gets an environment without them.
+# The variables torchrun sets in each process it starts. A child process that runs on
+# its own, such as the gate after training, gets an environment without them.
 TORCHRUN_VARIABLES = (
     "RANK",
     "LOCAL_RANK",
@@ -206,8 +206,8 @@ def wrap_model(
     forward = ContrastiveForward(model)
     if world.size == 1:
         return forward
-    # NOTE: DDP expects every trainable parameter to get a gradient in each step.
-    # open_clip's CLIP and the tiny test models do; a tower with unused trainable
+    # NOTE: DDP expects every trainable parameter to get a gradient in each step, as
+    # in open_clip's CLIP and the tiny test models. A tower with unused trainable
     # weights would need find_unused_parameters=True here.
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(forward, device_ids=device_ids)
@@ -220,7 +220,7 @@ def shard_batches(
 
     Shards differ in size by one item at most, and rank r takes the r-th. A batch
     with fewer items than processes is skipped on every rank, because a model cannot
-    encode an empty shard; check_batch_size warns of it.
+    encode an empty shard. check_batch_size warns of it.
     """
     if world.size == 1:
         return list(batches)

@@ -51,7 +51,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    forward: torch.nn.Module  # both towers in one call; DDP-wrapped under torchrun
+    forward: torch.nn.Module  # both towers in one call, wrapped in DDP under torchrun
     world: distributed.World
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
