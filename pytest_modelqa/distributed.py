@@ -249,6 +249,8 @@ def _encode_shard(
     frame = catalog.frame.iloc[start:stop].reset_index(drop=True)
     name = f"{catalog.name} shard {world.rank + 1}/{world.size}"
     shard = Catalog(name, catalog.root, frame, catalog.sha256)
+    # Through the pool, the shard gets the session's device, batch size and any
+    # embedding cache, whose SQLite writes are safe from several processes.
     try:
         return pool.image_embeddings(spec, shard)
     except (ModelLoadError, ImageLoadError) as error:

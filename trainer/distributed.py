@@ -107,8 +107,18 @@ def process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def _check_initialized(size: int) -> None:
+    if size > 1 and not dist.is_initialized():
+        raise RuntimeError(
+            f"WORLD_SIZE is {size} but torch.distributed is not initialized; call "
+            "train() inside trainer.distributed.process_group(), as python -m "
+            "trainer does"
+        )
+
+
 def is_main_process() -> bool:
     """Return whether this process is rank 0, or the only process."""
+    _check_initialized(env_world_size())
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
@@ -117,12 +127,7 @@ def setup_world() -> World:
     size = env_world_size()
     if size <= 1:
         return SINGLE_PROCESS
-    if not dist.is_initialized():
-        raise RuntimeError(
-            f"WORLD_SIZE is {size} but torch.distributed is not initialized; call "
-            "train() inside trainer.distributed.process_group(), as python -m "
-            "trainer does"
-        )
+    _check_initialized(size)
     return World(
         rank=dist.get_rank(),
         size=dist.get_world_size(),

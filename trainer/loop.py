@@ -196,9 +196,10 @@ def prepare_run_dir(out: Path, *, overwrite: bool) -> Path:
             f"out: {out} already contains a run ({old[0].name}); resume it with "
             f"--resume {out}, replace it with --overwrite, or choose another --out"
         )
+    if not distributed.is_main_process():
+        return out  # under torchrun, rank 0 alone clears and creates the folder
     for path in old:
-        # Every rank of a torchrun run gets here, so another may have removed it.
-        path.unlink(missing_ok=True)
+        path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
