@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_modelqa import __version__
+from pytest_modelqa import __version__, distributed
 from pytest_modelqa.catalog import FIXTURES_DIR
 from pytest_modelqa.embeddings import ImageLoadError
 from pytest_modelqa.gate import select_models
@@ -150,6 +150,12 @@ def _check_spec(option: str, spec: str) -> None:
         check_spec(spec)
     except ModelLoadError as error:
         raise pytest.UsageError(f"{option}: {error}") from error
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    # Under torchrun each rank sets up its part before plugins read their options.
+    distributed.configure(config)
 
 
 def pytest_configure(config: pytest.Config) -> None:

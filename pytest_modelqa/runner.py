@@ -106,6 +106,13 @@ class ModelPool:
             )
         return self._images[key]
 
+    def store_image_embeddings(
+        self, spec: str, catalog: Catalog, embeddings: np.ndarray
+    ) -> None:
+        """Keep (N, D) embeddings of a catalog's images that other processes encoded."""
+        key = (self.model(spec).sha256, _paths_key(catalog.image_paths()))
+        self._images[key] = embeddings
+
     def text_embeddings(self, spec: str, texts: list[str]) -> np.ndarray:
         """Return (T, D) embeddings of prompts, encoding each list once per model."""
         model = self.model(spec)

@@ -591,7 +591,7 @@ def test_cli_gate_runs_pytest_on_candidates(
     class Completed:
         returncode = 1
 
-    def fake_run(command, check):
+    def fake_run(command, **options):
         calls.append(command)
         return Completed()
 

@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pytest_modelqa.catalog import CatalogError
 from pytest_modelqa.models import ModelLoadError
+from trainer import distributed
 from trainer.config import (
     FIELD_NAMES,
     FIELD_TYPES,
@@ -139,7 +140,9 @@ def run_gate(candidates: Sequence[Path], suite: str, run_dir: Path) -> int:
     """Run the acceptance suite as a subprocess and return pytest's exit code."""
     command = gate_command(candidates, suite, run_dir / "report.html")
     logger.info("gate: %s", shlex.join(command))
-    completed = subprocess.run(command, check=False)
+    # The gate runs as one process, even when this run was started by torchrun.
+    env = distributed.single_process_env()
+    completed = subprocess.run(command, check=False, env=env)
     logger.info("gate finished with pytest exit code %d", completed.returncode)
     return completed.returncode
 
@@ -171,7 +174,7 @@ def execute(args: argparse.Namespace) -> int:
     else:
         config = build_config(getattr(args, "config", None), overrides)
         result = train(config)
-    if not getattr(args, "gate", False):
+    if not getattr(args, "gate", False) or not distributed.is_main_process():
         return 0
     return run_gate(result.candidates, result.config.gate_suite, result.run_dir)
 
@@ -181,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         setup_logging(args.log_level)
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), distributed.process_group():
             return execute(args)
     except (ConfigError, CatalogError, ModelLoadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

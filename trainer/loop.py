@@ -23,12 +23,11 @@ from pytest_modelqa.models import (
     load_model,
     read_checkpoint,
 )
-from trainer import checkpoints, records
+from trainer import checkpoints, distributed, records
 from trainer.compute import Compute, resolve_compute
 from trainer.config import ConfigError, TrainConfig, config_from_dict
 from trainer.data import TrainingData, epoch_batches, load_training_data
 from trainer.evaluate import evaluate
-from trainer.loss import contrastive_loss
 from trainer.rules import FitVerdict, judge_fit
 from trainer.wise import interpolate_weights
 
@@ -52,6 +51,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    forward: torch.nn.Module  # both towers in one call, wrapped in DDP under torchrun
+    world: distributed.World
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
 
@@ -84,7 +85,9 @@ def train(
         entry = {"epoch": epoch, **train_one_epoch(run, epoch)}
         # Validate: loss, shoelace and category accuracy, train probe.
         started = time.perf_counter()
-        entry |= evaluate(run.model, run.tokenizer, run.data, config, run.compute)
+        entry |= distributed.run_on_main(
+            run.world, evaluate, run.model, run.tokenizer, run.data, config, run.compute
+        )
         entry["val_time_s"] = time.perf_counter() - started
         # Judge the fit on the history so far.
         run.history.append(entry)
@@ -95,14 +98,16 @@ def train(
         }
         run.stopped = verdict.stop
         log_epoch(entry, verdict, config)
-        # Save the candidate, the resume state and the records.
-        save_epoch(run, entry, verdict)
+        # Save the candidate, the resume state and the records (rank 0 only).
+        if run.world.is_main:
+            save_epoch(run, entry, verdict)
         if run.stopped:
             logger.info("stopping early after epoch %d: %s", epoch, verdict.reason)
             break
     # Write WiSE-FT mixes of the init model and each epoch's weights.
     candidates = [checkpoints.epoch_path(run.out, e["epoch"]) for e in run.history]
-    candidates += write_wise_candidates(run)
+    if run.world.is_main:
+        candidates += write_wise_candidates(run)
     return finish(run, judge_fit(run.history, config, run.data.chance), candidates)
 
 
@@ -154,11 +159,14 @@ def build_run(
     config: TrainConfig, out: Path, catalog: Catalog, compute: Compute
 ) -> Run:
     """Build the model, data, optimizer and schedule of a run, seeded by config."""
+    world = distributed.setup_world()
+    compute = distributed.place(compute, world)
     torch.manual_seed(config.seed)
     model, tokenizer, identity, init_state = setup_model(config)
     model.to(compute.device).train()
     preprocess = build_preprocess(identity["preprocess_cfg"])
     data = load_training_data(catalog, config, preprocess, tokenizer)
+    distributed.check_batch_size(config.batch_size, len(data.train), world)
     identity["train_ids_sha256"] = ids_sha256(data.train.catalog.ids)
     identity["config"] = config.to_dict()
     optimizer, scheduler = build_optimizer(model, config, len(data.train))
@@ -174,6 +182,8 @@ def build_run(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=compute.grad_scaler(),
+        forward=distributed.wrap_model(model, world, compute.device),
+        world=world,
     )
 
 
@@ -186,6 +196,8 @@ def prepare_run_dir(out: Path, *, overwrite: bool) -> Path:
             f"out: {out} already contains a run ({old[0].name}); resume it with "
             f"--resume {out}, replace it with --overwrite, or choose another --out"
         )
+    if not distributed.is_main_process():
+        return out  # under torchrun, rank 0 alone clears and creates the folder
     for path in old:
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -290,21 +302,27 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """Run one epoch of optimizer steps; return its loss, last lr and throughput."""
     config, model, device = run.config, run.model, run.compute.device
     model.train()
-    batches = list(epoch_batches(run.data.train, config, epoch))
+    batches = distributed.shard_batches(
+        epoch_batches(run.data.train, config, epoch), run.world
+    )
     total_loss, seen = 0.0, 0
     started = time.perf_counter()
     progress = tqdm(
-        batches, desc=f"epoch {epoch}", unit="batch", disable=None, leave=False
+        batches,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        disable=None if run.world.is_main else True,
+        leave=False,
     )
     for index, (images, caption_ids) in enumerate(progress):
         # Forward: encode both towers and contrast the batch.
         images = images.to(device)
         tokens = run.data.tokens[caption_ids].to(device)
         with run.compute.autocast():
-            image_features = model.encode_image(images, normalize=True)  # (B, D)
-            text_features = model.encode_text(tokens, normalize=True)  # (B, D)
-            loss = contrastive_loss(
-                image_features, text_features, model.logit_scale.exp()
+            # (B, D) image and text features of this rank's shard, and exp(scale)
+            image_features, text_features, scale = run.forward(images, tokens)
+            loss = distributed.contrastive_loss(
+                image_features, text_features, scale, run.world
             )
         # Backward: average the micro-batches of one optimizer step.
         group_start = index - index % config.grad_accum
@@ -321,6 +339,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
             rate = seen / (time.perf_counter() - started)
             log_progress(run, epoch, loss.item(), rate)
     elapsed = time.perf_counter() - started
+    total_loss, seen = distributed.sum_over_ranks(run.world, total_loss, seen)
     return {
         "train_loss": total_loss / seen,
         "lr": run.scheduler.get_last_lr()[0],
@@ -468,7 +487,8 @@ def finish(run: Run, verdict: FitVerdict, candidates: list[Path]) -> TrainResult
         "candidates": [path.name for path in candidates],
         "epochs_run": len(run.history),
     }
-    records.write_summary(run.out / "summary.json", summary)
+    if run.world.is_main:
+        records.write_summary(run.out / "summary.json", summary)
     logger.info(
         "best epoch %d of %d by %s: val_shoelace_acc %s val_category_acc %s; "
         "%d candidates in %s",
