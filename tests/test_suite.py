@@ -436,3 +436,17 @@ def test_catalog_error_is_reported_as_suite_error(suite_root):
     with pytest.raises(SuiteError, match="missing column category, split"):
         load(suite_root)
     assert issubclass(CatalogError, ValueError)
+
+
+def test_per_class_f1_runs_only_when_listed(suite_root):
+    assert "per_class_f1" not in load(suite_root).classification_rules
+    path = suite_root / "modelqa-suite.yaml"
+    path.write_text(
+        path.read_text()
+        + "classification:\n  checks:\n    macro_f1:\n    per_class_f1: {tolerance: 0.1}\n"
+    )
+    rules = load(suite_root).classification_rules
+    assert list(rules) == ["macro_f1", "per_class_f1"]
+    assert rules["macro_f1"].kind == "better"
+    assert rules["per_class_f1"].kind == "non_inferior"
+    assert rules["per_class_f1"].tolerance == 0.1
