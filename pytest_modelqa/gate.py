@@ -213,7 +213,7 @@ def worst_class(
     when any class does. Ties go to the class that comes first in `candidate`.
     """
     if not candidate:
-        raise ValueError("candidate holds no classes")
+        raise ValueError("candidate is empty: no classes to judge")
 
     def slack(name: str) -> float:
         low, high = rule.threshold(baseline[name])

@@ -297,11 +297,11 @@ def format_case(case: Case, results: dict[str, CaseResult]) -> str:
                     else "attribute wrong"
                 )
             )
-            points = " ".join(
-                str(result.points[m][position]) for m in sorted(result.points)
+            points = ", ".join(
+                f"m{m} {result.points[m][position]}" for m in sorted(result.points)
             )
             lines.append(
                 f"  {position + 1}. {item_id}: {result.result_categories[position]} / "
-                f"{result.result_attributes[position]} ({marks}; points {points})"
+                f"{result.result_attributes[position]} ({marks}; {points})"
             )
     return "\n".join(lines)

@@ -140,7 +140,9 @@ class _Reader:
         if key not in self.node:
             if required:
                 raise SuiteError(
-                    self.path, self.node.line, f"{self.where}: missing key {key!r}"
+                    self.path,
+                    self.node.line,
+                    f"{self.where}: missing key {key!r}; add a line '{key}: ...'",
                 )
             return default
         value = self.node[key]

@@ -253,7 +253,7 @@ def test_case_output_shows_results_and_points(pytester, suite_dir, models):
         [
             "*query: casual shoes with white shoelace  (expect casual shoes / white)",
             "candidate: m1 *, m2 *, m3 *, m4 *",
-            "  1. *: * / * (category *, attribute *; points * * * *)",
+            "  1. *: * / * (category *, attribute *; m1 *, m2 *, m3 *, m4 *)",
             "baseline: m1 *",
         ]
     )

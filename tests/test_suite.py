@@ -158,7 +158,7 @@ ERRORS = [
             text: casual shoes
             attribute: white
         """,
-        r"text\.yaml:2: case 'a': missing key 'category'",
+        r"text\.yaml:2: case 'a': missing key 'category'; add a line 'category: \.\.\.'$",
     ),
     (
         "text and image",
@@ -199,7 +199,14 @@ ERRORS = [
           - id: a
             text: [unclosed
         """,
-        r"text\.yaml:4: YAML syntax error: ",
+        r"text\.yaml:4: YAML syntax error: .*; check the indentation, brackets and "
+        r"quotes at this line$",
+    ),
+    (
+        "tab indentation",
+        "cases:\n  - id: a\n\ttext: casual shoes\n",
+        r"text\.yaml:3: YAML syntax error: found character '\\t' that cannot start any "
+        r"token; indent with spaces, not tabs$",
     ),
     (
         "empty file",
@@ -242,7 +249,8 @@ ERRORS = [
           - id: a
             id: b
         """,
-        r"text\.yaml:3: YAML syntax error: duplicate key 'id'",
+        r"text\.yaml:3: YAML syntax error: duplicate key 'id'; keep one of the two "
+        r"entries$",
     ),
 ]
 
