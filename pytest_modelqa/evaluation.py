@@ -262,6 +262,27 @@ def averaged_scores(
     [0, n_classes) listed and zero_division 0, computed from one confusion count so
     that a bootstrap can call it a thousand times.
     """
+    precision, recall, f1, true_count = class_scores(
+        y_true, y_pred, n_classes=n_classes
+    )
+    weights = true_count / true_count.sum() if true_count.sum() else np.zeros(n_classes)
+    return {
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "weighted_f1": float((f1 * weights).sum()),
+    }
+
+
+def class_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return per-class precision, recall, F1 and support, each of shape (C,).
+
+    The per-class rows of `classification_report` for class indices in
+    [0, n_classes) with zero_division 0, computed from one confusion count so that a
+    bootstrap can call it a thousand times.
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     true_count = np.bincount(y_true, minlength=n_classes)  # support per class
@@ -272,10 +293,4 @@ def averaged_scores(
         recall = np.where(true_count > 0, hits / true_count, 0.0)
         denominator = true_count + pred_count
         f1 = np.where(denominator > 0, 2 * hits / denominator, 0.0)
-    weights = true_count / true_count.sum() if true_count.sum() else np.zeros(n_classes)
-    return {
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "weighted_f1": float((f1 * weights).sum()),
-    }
+    return precision, recall, f1, true_count

@@ -131,8 +131,11 @@ class Verdict:
         else:
             bound = f"in [{low:.4g}, {high:.4g}]"
         outcome = "passed" if self.passed else "FAILED"
+        subject = self.check
+        if "worst_class" in self.details:
+            subject += f" (class {self.details['worst_class']})"
         text = (
-            f"{self.check} {outcome} for {self.candidate}: observed {self.observed:.4g}, "
+            f"{subject} {outcome} for {self.candidate}: observed {self.observed:.4g}, "
             f"baseline {self.baseline:.4g}, delta {self.delta:+.4g}; rule "
             f"{self.rule.describe()} (needs {bound})"
         )
@@ -200,6 +203,25 @@ def compare(
     )
 
 
+def worst_class(
+    rule: Rule, candidate: dict[str, float], baseline: dict[str, float]
+) -> str:
+    """Return the class whose figure is closest to breaking `rule`, or furthest past it.
+
+    A class's slack is its distance to the nearer bound of the rule, negative when
+    the figure lies outside. The class with the least slack breaks the rule exactly
+    when any class does. Ties go to the class that comes first in `candidate`.
+    """
+    if not candidate:
+        raise ValueError("candidate is empty: no classes to judge")
+
+    def slack(name: str) -> float:
+        low, high = rule.threshold(baseline[name])
+        return min(candidate[name] - low, high - candidate[name])
+
+    return min(candidate, key=slack)
+
+
 def _straddles(interval: list[float], rule: Rule, baseline: float) -> bool:
     """Return whether a bound of the rule, as a difference, lies inside the interval."""
     low, high = rule.threshold(baseline)
@@ -239,8 +261,8 @@ def select_models(verdicts: list[Verdict], candidates: list[str]) -> Selection:
     for verdict in verdicts:
         if verdict.phase == "retrieval" and verdict.check.startswith("method_"):
             retrieval[verdict.candidate] += verdict.observed
-        elif verdict.phase == "classification":
-            secondary[verdict.candidate] += verdict.delta
+        elif verdict.check == "zero_shot_accuracy":
+            secondary[verdict.candidate] = verdict.observed
     winners: list[str] = []
     if acceptable:
         best = max((retrieval[name], secondary[name]) for name in acceptable)

@@ -174,7 +174,17 @@ class CheckItem(_GateItem):
         if stats:
             self.user_properties.append(("modelqa_p_value", stats["p_value"]))
             self.user_properties.append(("modelqa_interval", stats["interval"]))
-        if self.check in ("macro_f1", "weighted_f1", "macro_precision", "macro_recall"):
+        if verdict.passed:
+            # A failure shows the same text as its message, so only a pass needs it
+            # as a section of its own (shown by -rP and in the HTML report).
+            self.add_report_section("call", "modelqa verdict", self._describe(verdict))
+        if self.check in (
+            "macro_f1",
+            "weighted_f1",
+            "macro_precision",
+            "macro_recall",
+            "per_class_f1",
+        ):
             figures = self.runner.figures(self.runner.candidates[self.label])
             for message in figures.classification["warnings"]:
                 warnings.warn(ModelQAWarning(f"{self.label}: {message}"), stacklevel=1)
@@ -183,9 +193,27 @@ class CheckItem(_GateItem):
         if not verdict.passed:
             raise GateFailure(verdict, self._detail(verdict))
 
+    def _describe(self, verdict: Verdict) -> str:
+        return "\n".join(
+            part for part in (verdict.explain(), self._detail(verdict)) if part
+        )
+
     def _detail(self, verdict: Verdict) -> str:
         if self.phase == "retrieval":
-            return f"retrieval total over {verdict.details.get('cases', 0)} automated cases, max {verdict.details.get('maximum', 0)}"
+            return (
+                f"retrieval total over {verdict.details.get('cases', 0)} automated "
+                f"cases, max {verdict.details.get('maximum', 0)}"
+            )
+        if self.check == "per_class_f1":
+            details = verdict.details
+            failing = ", ".join(details["failing_classes"]) or "none"
+            deltas = ", ".join(
+                f"{name} {delta:+.4g}" for name, delta in details["class_deltas"].items()
+            )
+            return (
+                f"class {details['worst_class']} is nearest the rule's bound; classes "
+                f"breaking the rule: {failing}\nF1 delta per class: {deltas}"
+            )
         return ""
 
     def reportinfo(self):
@@ -269,11 +297,11 @@ def format_case(case: Case, results: dict[str, CaseResult]) -> str:
                     else "attribute wrong"
                 )
             )
-            points = " ".join(
-                str(result.points[m][position]) for m in sorted(result.points)
+            points = ", ".join(
+                f"m{m} {result.points[m][position]}" for m in sorted(result.points)
             )
             lines.append(
                 f"  {position + 1}. {item_id}: {result.result_categories[position]} / "
-                f"{result.result_attributes[position]} ({marks}; points {points})"
+                f"{result.result_attributes[position]} ({marks}; {points})"
             )
     return "\n".join(lines)

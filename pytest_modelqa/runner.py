@@ -15,7 +15,7 @@ import numpy as np
 from pytest_modelqa import evaluation, statistics
 from pytest_modelqa.catalog import Catalog
 from pytest_modelqa.embeddings import encode_images, encode_texts, top_k
-from pytest_modelqa.gate import Verdict, compare
+from pytest_modelqa.gate import Verdict, compare, worst_class
 from pytest_modelqa.models import LoadedModel, ModelLoadError, load_model
 from pytest_modelqa.suite import Case, Suite
 
@@ -428,12 +428,14 @@ class SuiteRunner:
         *,
         k: int | None = None,
         benchmark: str | None = None,
+        class_name: str | None = None,
     ) -> dict | None:
         """Compare candidate and baseline item by item on the same test items.
 
         Accuracy-type figures get the exact McNemar test (its one-sided p-value) and
         a bootstrap interval of the accuracy difference; F1, precision, recall, rank
-        score and retrieval totals get a paired bootstrap interval and p-value.
+        score and retrieval totals get a paired bootstrap interval and p-value. For
+        per_class_f1 the bootstrapped figure is the F1 of `class_name`.
         """
         config = self.suite.statistics
         options = {
@@ -480,6 +482,11 @@ class SuiteRunner:
         ]
 
         def metric(truth, predicted):
+            if check == "per_class_f1":
+                _, _, f1, _ = evaluation.class_scores(
+                    truth, predicted, n_classes=len(classes)
+                )
+                return f1[index[class_name]]
             return evaluation.averaged_scores(truth, predicted, n_classes=len(classes))[
                 check
             ]
@@ -526,6 +533,11 @@ class SuiteRunner:
         """Compare candidate `label` with the baseline on one check and record it."""
         spec = self.candidates[label]
         name = check if k is None else f"top_{k}_accuracy"
+        if check == "per_class_f1":
+            verdict = self._per_class_verdict(label, spec)
+            verdict.details["suite"] = self.suite.name
+            self.verdicts.append(verdict)
+            return verdict
         paired = self.paired_statistics(spec, check, k=k, benchmark=benchmark)
         if benchmark is not None:
             rule = next(b.rule for b in self.suite.benchmarks if b.name == benchmark)
@@ -570,6 +582,34 @@ class SuiteRunner:
         verdict.details["suite"] = self.suite.name
         self.verdicts.append(verdict)
         return verdict
+
+
+    def class_f1(self, spec: str) -> dict[str, float]:
+        """Return each attribute class's F1 from the classification report."""
+        figures = self.figures(spec).classification
+        return {
+            name: figures["report"][name]["f1-score"] for name in figures["classes"]
+        }
+
+    def _per_class_verdict(self, label: str, spec: str) -> Verdict:
+        """Judge every class's F1 against the rule through the class nearest failing."""
+        rule = self.suite.classification_rules["per_class_f1"]
+        mine, base = self.class_f1(spec), self.class_f1(self.baseline)
+        worst = worst_class(rule, mine, base)
+        return compare(
+            "per_class_f1",
+            "classification",
+            label,
+            mine[worst],
+            base[worst],
+            rule,
+            statistics=self.paired_statistics(spec, "per_class_f1", class_name=worst),
+            worst_class=worst,
+            class_deltas={name: mine[name] - base[name] for name in mine},
+            failing_classes=[
+                name for name in mine if not rule.passes(mine[name], base[name])
+            ],
+        )
 
 
 def _sha256(path: Path) -> str:

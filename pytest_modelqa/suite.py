@@ -20,7 +20,11 @@ CLASSIFICATION_CHECKS = (
     "zero_shot_accuracy",
     "top_k_accuracy",
     "rank_score",
+    "per_class_f1",
 )
+# Checks that run only when a suite lists them, with the rule they take by default:
+# per_class_f1 applies its rule to every class's F1, so by default no class may drop.
+OPTIONAL_CHECKS = {"per_class_f1": Rule("non_inferior")}
 RETRIEVAL_CHECKS = ("method_1", "method_2", "method_3", "method_4")
 NONE_POLICIES = ("exclude", "class")
 
@@ -136,7 +140,9 @@ class _Reader:
         if key not in self.node:
             if required:
                 raise SuiteError(
-                    self.path, self.node.line, f"{self.where}: missing key {key!r}"
+                    self.path,
+                    self.node.line,
+                    f"{self.where}: missing key {key!r}; add a line '{key}: ...'",
                 )
             return default
         value = self.node[key]
@@ -402,10 +408,15 @@ def _check_split(reader: _Reader, key: str, split: str) -> None:
 
 def _parse_checks(path, node, where, names, default) -> dict[str, Rule]:
     if node is None:
-        return {name: default for name in names}
+        return {name: default for name in names if name not in OPTIONAL_CHECKS}
     reader = _Reader(path, node, where, names)
     return {
-        name: parse_rule(path, reader.node[name], f"{where}.{name}", default)
+        name: parse_rule(
+            path,
+            reader.node[name],
+            f"{where}.{name}",
+            OPTIONAL_CHECKS.get(name, default),
+        )
         for name in names
         if name in reader.node
     }

@@ -88,7 +88,9 @@ def load_yaml(path: Path) -> object:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
         problem = error.problem or error.context or "invalid YAML"
-        raise SuiteError(path, line, f"YAML syntax error: {problem}") from error
+        raise SuiteError(
+            path, line, f"YAML syntax error: {problem}; {_syntax_fix(problem)}"
+        ) from error
     except yaml.YAMLError as error:
         raise SuiteError(path, None, f"YAML syntax error: {error}") from error
     documents = [document for document in documents if document is not None]
@@ -97,3 +99,14 @@ def load_yaml(path: Path) -> object:
     if len(documents) > 1:
         raise SuiteError(path, None, "file holds several YAML documents; use one")
     return documents[0]
+
+
+def _syntax_fix(problem: str) -> str:
+    """Return the likely fix for a PyYAML problem text."""
+    if problem.startswith("duplicate key"):
+        return "keep one of the two entries"
+    if problem.startswith("mapping keys"):
+        return "write the key as plain text"
+    if "'\\t'" in problem:  # PyYAML shows a tab character as '\t'
+        return "indent with spaces, not tabs"
+    return "check the indentation, brackets and quotes at this line"

@@ -520,3 +520,50 @@ def test_method_1_counts_each_flag(flags):
     # Method 1 gives 2 per correct category plus 1 per correct attribute.
     assert totals[1] == 2 * category_ok.sum() + attribute_ok.sum()
     assert totals[2] == attribute_ok.sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_class_scores_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n_classes = 7
+    # Class 6 never occurs and class 5 is never predicted, so the zero_division
+    # paths run too.
+    y_true = rng.choice(6, size=300, p=[0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+    y_pred = np.where(rng.random(300) < 0.5, y_true, rng.choice(5, size=300))
+    precision, recall, f1, support = evaluation.class_scores(
+        y_true, y_pred, n_classes=n_classes
+    )
+    expected = sklearn.metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(n_classes)), zero_division=0.0
+    )
+    for name, mine, theirs in zip(
+        ("precision", "recall", "f1", "support"),
+        (precision, recall, f1, support),
+        expected,
+        strict=True,
+    ):
+        assert mine.tolist() == theirs.tolist(), name
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_averaged_scores_equal_report(seed):
+    rng = np.random.default_rng(seed)
+    labels = list(range(6))
+    y_true = rng.choice(5, size=200)
+    y_pred = np.where(rng.random(200) < 0.5, y_true, rng.choice(6, size=200))
+    figures = evaluation.averaged_scores(y_true, y_pred, n_classes=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        report = evaluation.classification_report(
+            y_true.tolist(), y_pred.tolist(), labels=labels
+        )
+    assert figures["macro_precision"] == pytest.approx(
+        report["macro avg"]["precision"], rel=1e-12
+    )
+    assert figures["macro_recall"] == pytest.approx(
+        report["macro avg"]["recall"], rel=1e-12
+    )
+    assert figures["macro_f1"] == pytest.approx(report["macro avg"]["f1-score"], rel=1e-12)
+    assert figures["weighted_f1"] == pytest.approx(
+        report["weighted avg"]["f1-score"], rel=1e-12
+    )

@@ -15,6 +15,7 @@ from pytest_modelqa.gate import (
     Rule,
     compare,
     select_models,
+    worst_class,
 )
 
 INF = float("inf")
@@ -423,3 +424,82 @@ def test_interval_clear_of_the_bound_is_resolved():
     )
     assert verdict.passed
     assert "unresolved" not in verdict.details
+
+
+def test_select_tie_broken_by_zero_shot_not_summed_deltas():
+    # epoch-1 has the higher zero-shot accuracy; epoch-2 a far larger rank score
+    # delta, which must not count, because the tie-breaker is zero-shot accuracy.
+    verdicts = [
+        *verdicts_for("epoch-1", retrieval=(270, 50), accuracy=0.8),
+        compare("rank_score", "classification", "epoch-1", 801, 800, Rule()),
+        *verdicts_for("epoch-2", retrieval=(270, 50), accuracy=0.7),
+        compare("rank_score", "classification", "epoch-2", 900, 800, Rule()),
+    ]
+    selection = select_models(verdicts, ["epoch-1", "epoch-2"])
+    assert selection.winners == ["epoch-1"]
+    assert selection.tie_breaker == {"epoch-1": 0.8, "epoch-2": 0.7}
+
+
+# -- per-class F1 ---------------------------------------------------------------------
+
+F1_BASELINE = {"black": 0.6, "white": 0.8, "red": 0.2}
+
+
+def test_worst_class_is_largest_drop():
+    rule = Rule("non_inferior", tolerance=0.1)
+    candidate = {"black": 0.55, "white": 0.65, "red": 0.3}
+    assert worst_class(rule, candidate, F1_BASELINE) == "white"
+    assert not rule.passes(candidate["white"], F1_BASELINE["white"])
+
+
+def test_worst_class_relative_tolerance():
+    # Relative to each class's own baseline: red may lose 0.02, white 0.08, so red's
+    # drop of 0.05 breaks the rule before white's drop of 0.07.
+    rule = Rule("non_inferior", tolerance=0.1, relative=True)
+    candidate = {"black": 0.6, "white": 0.73, "red": 0.15}
+    assert worst_class(rule, candidate, F1_BASELINE) == "red"
+
+
+def test_worst_class_ties_take_first_class():
+    rule = Rule("non_inferior", tolerance=0.1)
+    assert worst_class(rule, dict(F1_BASELINE), F1_BASELINE) == "black"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.tuples(st.floats(0, 1), st.floats(0, 1)),
+        min_size=1,
+    ),
+    st.sampled_from(
+        [
+            Rule("better"),
+            Rule("margin", amount=0.05),
+            Rule("non_inferior", tolerance=0.1),
+            Rule("non_inferior", tolerance=0.2, relative=True),
+            Rule("band", tolerance=0.1),
+        ]
+    ),
+)
+def test_worst_class_fails_exactly_when_any_class_fails(pairs, rule):
+    candidate = {name: pair[0] for name, pair in pairs.items()}
+    baseline = {name: pair[1] for name, pair in pairs.items()}
+    worst = worst_class(rule, candidate, baseline)
+    any_fails = any(not rule.passes(candidate[n], baseline[n]) for n in candidate)
+    assert rule.passes(candidate[worst], baseline[worst]) != any_fails
+
+
+def test_per_class_verdict_names_the_class():
+    verdict = compare(
+        "per_class_f1",
+        "classification",
+        "epoch-1",
+        0.65,
+        0.8,
+        Rule("non_inferior", tolerance=0.1),
+        worst_class="white",
+    )
+    assert not verdict.passed
+    assert verdict.explain().startswith(
+        "per_class_f1 (class white) FAILED for epoch-1: observed 0.65, baseline 0.8"
+    )

@@ -253,7 +253,7 @@ def test_case_output_shows_results_and_points(pytester, suite_dir, models):
         [
             "*query: casual shoes with white shoelace  (expect casual shoes / white)",
             "candidate: m1 *, m2 *, m3 *, m4 *",
-            "  1. *: * / * (category *, attribute *; points * * * *)",
+            "  1. *: * / * (category *, attribute *; m1 *, m2 *, m3 *, m4 *)",
             "baseline: m1 *",
         ]
     )
@@ -474,3 +474,52 @@ def test_pinned_baseline_hash_mismatch_stops(pytester, suite_dir, models):
     result.stdout.fnmatch_lines(
         ["*but * pins baseline_sha256 abab*: the baseline's weights changed*"]
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"), [("warn", "passed"), ("fail", "failed")]
+)
+def test_unresolved_rule_warns_or_fails(pytester, suite_dir, models, policy, outcome):
+    # Two random tiny models differ by 6 rank points on 60 items, with a paired
+    # interval about 55 points wide: far too wide to resolve a 10-point tolerance.
+    checks = f"    rank_score: {{rule: non_inferior, tolerance: 10, unresolved: {policy}}}\n"
+    suite = suite_dir(checks=checks)
+    result = run_gate(
+        pytester,
+        suite,
+        "-k",
+        "rank_score",
+        "--model",
+        str(models["other"]),
+        "--modelqa-baseline",
+        str(models["base"]),
+    )
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(
+        [
+            "*rank_score * for other: observed 82, baseline 88, delta -6; rule "
+            "non_inferior: candidate >= baseline - 10 (needs >= 78); paired bootstrap:"
+            " 95% interval of the difference [[]*, *[]], one-sided p-value *; test set "
+            "too small to resolve the rule: interval half-width * exceeds the "
+            "allowance 10"
+        ]
+    )
+    if policy == "warn":
+        result.stdout.fnmatch_lines(["*ModelQAWarning: rank_score passed for other*"])
+
+
+def test_bad_case_file_is_one_line_collection_error(pytester, suite_dir, models):
+    suite = suite_dir(
+        cases=CASES.replace("    category: Formal Shoes", "    categroy: Formal Shoes")
+    )
+    result = run_gate(pytester, suite, "--collect-only", "--model", str(models["base"]))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting suite/modelqa-suite.yaml*",
+            "*cases/text.yaml:8: unknown key 'categroy' in case 'formal-black'; did "
+            "you mean 'category'? (valid keys: *)",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    assert "suite.py" not in result.stdout.str()

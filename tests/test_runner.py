@@ -95,3 +95,36 @@ def test_classification_uses_test_split_laced_items(setup):
     assert figures["top_k"][0] == figures["zero_shot_accuracy"]
     assert np.all(np.diff(figures["top_k"]) >= 0)
     assert 0 <= figures["rank_score"] <= 5 * len(expected)
+
+
+def test_bundled_shoelace_suite_cases():
+    from pytest_modelqa.catalog import FIXTURES_DIR
+
+    suite_file = FIXTURES_DIR.parent / "suites" / "shoelace" / "modelqa-suite.yaml"
+    suite = load_suite(suite_file, catalog_dirs=[FIXTURES_DIR])
+    runner = SuiteRunner(suite, ModelPool(EncodeOptions(progress=False)), "", {})
+    counts = {case.id: runner.match_count(case)[0] for case in suite.cases}
+    text = [case for case in suite.cases if case.text is not None]
+    automated = [case for case in text if counts[case.id] >= suite.min_matches]
+    manual = [case for case in text if counts[case.id] < suite.min_matches]
+    assert suite.gallery_split == "all"
+    assert len(automated) == 26
+    assert {case.category for case in automated} == {
+        "casual shoes",
+        "sports shoes",
+        "formal shoes",
+    }
+    assert 2 <= len(manual) <= 5
+    assert all(counts[case.id] >= 1 for case in manual)
+
+    frame = suite.catalog.frame
+    images = [case for case in suite.cases if case.image is not None]
+    assert images
+    for case in images:
+        row = frame[frame["id"] == case.image.stem].iloc[0]
+        assert row["split"] == "test"
+        # The query's own product is a match in the catalog but is never counted.
+        own = (frame["category"].str.lower() == case.category) & (
+            frame["shoelace_colour"] == case.attribute
+        )
+        assert counts[case.id] == own.sum() - 1

@@ -158,7 +158,7 @@ ERRORS = [
             text: casual shoes
             attribute: white
         """,
-        r"text\.yaml:2: case 'a': missing key 'category'",
+        r"text\.yaml:2: case 'a': missing key 'category'; add a line 'category: \.\.\.'$",
     ),
     (
         "text and image",
@@ -199,7 +199,14 @@ ERRORS = [
           - id: a
             text: [unclosed
         """,
-        r"text\.yaml:4: YAML syntax error: ",
+        r"text\.yaml:4: YAML syntax error: .*; check the indentation, brackets and "
+        r"quotes at this line$",
+    ),
+    (
+        "tab indentation",
+        "cases:\n  - id: a\n\ttext: casual shoes\n",
+        r"text\.yaml:3: YAML syntax error: found character '\\t' that cannot start any "
+        r"token; indent with spaces, not tabs$",
     ),
     (
         "empty file",
@@ -242,7 +249,8 @@ ERRORS = [
           - id: a
             id: b
         """,
-        r"text\.yaml:3: YAML syntax error: duplicate key 'id'",
+        r"text\.yaml:3: YAML syntax error: duplicate key 'id'; keep one of the two "
+        r"entries$",
     ),
 ]
 
@@ -436,3 +444,17 @@ def test_catalog_error_is_reported_as_suite_error(suite_root):
     with pytest.raises(SuiteError, match="missing column category, split"):
         load(suite_root)
     assert issubclass(CatalogError, ValueError)
+
+
+def test_per_class_f1_runs_only_when_listed(suite_root):
+    assert "per_class_f1" not in load(suite_root).classification_rules
+    path = suite_root / "modelqa-suite.yaml"
+    path.write_text(
+        path.read_text()
+        + "classification:\n  checks:\n    macro_f1:\n    per_class_f1: {tolerance: 0.1}\n"
+    )
+    rules = load(suite_root).classification_rules
+    assert list(rules) == ["macro_f1", "per_class_f1"]
+    assert rules["macro_f1"].kind == "better"
+    assert rules["per_class_f1"].kind == "non_inferior"
+    assert rules["per_class_f1"].tolerance == 0.1
