@@ -183,10 +183,11 @@ def _check_values(manifest: Path, frame: pd.DataFrame, lines: list[int]) -> None
 def load_catalog(path: str | Path, *, name: str | None = None) -> Catalog:
     """Read a catalog from its manifest CSV, or from a folder holding manifest.csv.
 
-    Raises CatalogError naming the file, and the line where there is one, when the
-    manifest is missing, unreadable, not UTF-8, malformed CSV, lacks a required
-    column, repeats a column or an id, has an empty id or image path, an image path
-    outside its folder, or names an unknown split.
+    Raises CatalogError naming the file, and the line where there is one. The
+    manifest fails when it is missing, unreadable, not UTF-8 or malformed CSV. It
+    also fails when it lacks a required column, repeats a column or an id, has an
+    empty id or image path or an image path outside its folder, or names an unknown
+    split.
     """
     path = Path(path)
     manifest = path / MANIFEST_NAME if path.is_dir() else path
