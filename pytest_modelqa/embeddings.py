@@ -39,7 +39,34 @@ class ImageLoadError(ValueError):
         self.failures = failures
         shown = "\n".join(f"  {path}: {reason}" for path, reason in failures[:20])
         more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-        super().__init__(f"{len(failures)} image(s) could not be read:\n{shown}{more}")
+        super().__init__(
+            f"{len(failures)} image(s) could not be read:\n{shown}{more}\n"
+            "Replace these files, or remove their rows from the catalog manifest"
+        )
+
+
+class EmbeddingError(ValueError):
+    """A model whose forward pass returned NaN, infinite or all-zero embeddings."""
+
+
+def normalise_features(features: torch.Tensor, model: LoadedModel) -> np.ndarray:
+    """L2-normalise (B, D) features into float32 rows, or raise EmbeddingError.
+
+    The norm is taken in float64, so large but finite features (a float32 norm
+    overflows above about 1.8e19) still give unit rows.
+    """
+    features = features.double()
+    finite = torch.isfinite(features).all(dim=-1)  # (B,)
+    zero = (features == 0).all(dim=-1)  # (B,)
+    broken = int((~finite | zero).sum())
+    if broken:
+        raise EmbeddingError(
+            f"{model.spec}: the model returned NaN, infinite or all-zero embeddings "
+            f"for {broken} of {len(features)} inputs in a batch, although its "
+            "weights are finite: the forward pass overflows, or the weights are "
+            "degenerate. Check how the checkpoint was trained and saved"
+        )
+    return F.normalize(features, dim=-1).float().cpu().numpy()
 
 
 def open_rgb(path: Path | BinaryIO) -> Image.Image:
@@ -75,7 +102,10 @@ class _ImageDataset(torch.utils.data.Dataset):
         try:
             data = Path(self.paths[index]).read_bytes()
             pixels = self.preprocess(open_rgb(io.BytesIO(data)))  # (3, H, W)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except UnidentifiedImageError:
+            # Pillow's own message names the BytesIO object, not the file.
+            return index, None, None, "not an image format Pillow can decode"
+        except (OSError, ValueError, SyntaxError) as error:
             return index, None, None, f"{type(error).__name__}: {error}"
         # The digest is of the bytes actually decoded, so a file rewritten after the
         # cache lookup is stored under its new content, never under the old key.
@@ -96,13 +126,13 @@ def _collate(batch):
     )
 
 
-def check_images(paths: Sequence[Path]) -> None:
-    """Raise ImageLoadError listing every missing image path."""
-    missing = [
-        (Path(path), "file not found") for path in paths if not Path(path).is_file()
+def missing_images(paths: Sequence[Path]) -> list[tuple[int, str]]:
+    """Return (index, "file not found") for every path that is not a file."""
+    return [
+        (index, "file not found")
+        for index, path in enumerate(paths)
+        if not Path(path).is_file()
     ]
-    if missing:
-        raise ImageLoadError(missing)
 
 
 def effective_precision(precision: str, device: str | torch.device) -> str:
@@ -164,7 +194,6 @@ def encode_images(
     Unreadable images are collected and reported together in one ImageLoadError
     once the pass ends, and no batch is encoded after the first of them.
     """
-    check_images(paths)
     precision = effective_precision(precision, device)
     dim = embedding_dim(model)
     if cache is not None and dim is None:
@@ -175,13 +204,16 @@ def encode_images(
         )
         cache = None
     out = np.zeros((len(paths), dim or 0), dtype=np.float32)  # (N, D)
-    pending = list(range(len(paths)))
+    # Missing files are reported with the images that fail to decode, in one error.
+    failures = missing_images(paths)
+    missing = {index for index, _ in failures}
+    pending = [index for index in range(len(paths)) if index not in missing]
     copies: dict[int, int] = {}
-    failures: list[tuple[int, str]] = []
     destination = _Destination(out, pending)
     if cache is not None:
         key = model_key(model, precision=precision)
-        pending, copies, failures = _fill_from_cache(out, paths, cache, key)
+        pending, copies, unreadable = _fill_from_cache(out, paths, cache, key, missing)
+        failures += unreadable
         destination = _Destination(out, pending, cache=cache, key=key)
         logger.info(
             "%s: %d of %d images found in the embedding cache, %d to encode",
@@ -219,9 +251,13 @@ def encode_images(
 
 
 def _fill_from_cache(
-    out: np.ndarray, paths: Sequence[Path], cache: EmbeddingCache, key: str
+    out: np.ndarray,
+    paths: Sequence[Path],
+    cache: EmbeddingCache,
+    key: str,
+    skip: set[int],
 ) -> tuple[list[int], dict[int, int], list[tuple[int, str]]]:
-    """Copy every cached row into `out` and plan the rest.
+    """Copy every cached row into `out` and plan the rest, leaving out `skip`.
 
     Return the indices to encode, {index: index of the same bytes} for images that
     repeat an earlier image's content, and (index, reason) of files that failed.
@@ -229,6 +265,9 @@ def _fill_from_cache(
     digests: list[str | None] = []
     failures: list[tuple[int, str]] = []
     for index, path in enumerate(paths):
+        if index in skip:
+            digests.append(None)
+            continue
         try:
             digests.append(image_key(Path(path).read_bytes()))
         except OSError as error:
@@ -319,7 +358,7 @@ def _encode_pending(
             pixels = pixels.to(device, non_blocking=True)  # (B, 3, H, W)
             with _autocast(precision, device):
                 features = network.encode_image(pixels)  # (B, D)
-            features = F.normalize(features.float(), dim=-1).cpu().numpy()
+            features = normalise_features(features, model)
             destination.write(positions, digests, features)
         bar.update(len(positions) + len(batch_failures))
     return failures
@@ -360,7 +399,7 @@ def encode_texts(
         tokens = model.tokenizer([texts[first_with[key]] for key in chunk]).to(device)
         with _autocast(precision, device):
             features = network.encode_text(tokens)  # (B, D)
-        features = F.normalize(features.float(), dim=-1).cpu().numpy()
+        features = normalise_features(features, model)
         found.update(zip(chunk, features, strict=True))
         if store_key is not None:
             cache.set_many(store_key, zip(chunk, features, strict=True))

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from pytest_modelqa.catalog import CatalogError
-from pytest_modelqa.embeddings import ImageLoadError
+from pytest_modelqa.embeddings import EmbeddingError, ImageLoadError
 from pytest_modelqa.gate import Verdict
 from pytest_modelqa.models import ModelLoadError
 from pytest_modelqa.runner import BaselineError, CaseResult, SuiteRunner
@@ -127,7 +127,7 @@ class _GateItem(pytest.Item):
             pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
         except ModelLoadError as error:
             raise ModelUnavailable(f"model could not be loaded: {error}") from error
-        except ImageLoadError as error:
+        except (ImageLoadError, EmbeddingError) as error:
             raise ModelUnavailable(str(error)) from error
 
 

@@ -158,6 +158,22 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     distributed.configure(config)
 
 
+def _check_json_path(target: Path) -> None:
+    """Create the folder of the results file now, so a bad path fails before the run."""
+    if target.is_dir():
+        raise pytest.UsageError(
+            f"--modelqa-json: {target} is a folder; give a file path such as "
+            f"{target / 'results.json'}"
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise pytest.UsageError(
+            f"--modelqa-json: cannot create the folder of {target} ({error}); give "
+            "a path in a writable folder"
+        ) from error
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -179,6 +195,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _check_spec("--modelqa-baseline", baseline)
     if config.getoption("modelqa_batch_size") < 1:
         raise pytest.UsageError("--modelqa-batch-size must be at least 1")
+    if config.getoption("modelqa_json"):
+        _check_json_path(Path(config.getoption("modelqa_json")))
     catalog_dirs = list(config.getini("modelqa_catalog_dirs")) or [
         Path(config.rootpath) / "fixtures"
     ]
@@ -374,10 +392,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         document = build_results(state, Path(config.rootpath))
         config.stash[results_key] = document
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(json.dumps(document, indent=2, default=_json_default))
-    os.replace(partial, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(document, indent=2, default=_json_default))
+        os.replace(partial, target)
+    except OSError as error:
+        if partial.is_file():
+            partial.unlink()
+        message = (
+            f"--modelqa-json: could not write {target} ({error}); the test outcomes "
+            "stand, but no results file was written"
+        )
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True)
+        else:
+            logger.error(message)
+        # A gate whose results file is missing must not exit 0, even if every
+        # check passed.
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
 
 def _json_default(value):

@@ -367,6 +367,7 @@ def load_suite(path: Path, *, catalog_dirs: list[Path]) -> Suite:
     )
     _check_split(classification, "split", suite.classification_split)
     _check_split(retrieval, "gallery_split", suite.gallery_split)
+    _check_classification_items(classification, suite)
     suite.benchmarks = _parse_benchmarks(
         path,
         top.get("benchmarks", LineDict, LineDict()),
@@ -406,6 +407,25 @@ def _check_split(reader: _Reader, key: str, split: str) -> None:
         raise reader.fail(key, f"must be train, val, test or all; got {split!r}")
 
 
+def _check_classification_items(reader: _Reader, suite: Suite) -> None:
+    """Reject a suite whose classification split leaves no item to classify."""
+    items = suite.catalog.subset(suite.classification_split)
+    where = f"catalog {suite.catalog.name!r} has no items in split "
+    where += repr(suite.classification_split)
+    if not len(items):
+        raise reader.fail("split", f"{where}; use a split that has items, or all")
+    if suite.none_policy != "exclude":
+        return
+    values = {suite.canonical("", v) for v in items.labels(suite.attribute_column)}
+    if values <= {suite.none_value}:
+        raise reader.fail(
+            "split",
+            f"{where} with a {suite.attribute_column} other than "
+            f"{suite.none_value!r}, and attribute.none_policy exclude leaves those "
+            "out; use another split, or set none_policy: class",
+        )
+
+
 def _parse_checks(path, node, where, names, default) -> dict[str, Rule]:
     if node is None:
         return {name: default for name in names if name not in OPTIONAL_CHECKS}
@@ -440,6 +460,10 @@ def _parse_benchmarks(path, node, root, catalog_dirs, default) -> list[Benchmark
             reader.get("prompt", str, "a photo of a {value}"),
             fields=("value",),
         )
+        if not len(catalog):
+            raise reader.fail(
+                "catalog", f"catalog {catalog.name!r} has no items to benchmark on"
+            )
         column = reader.get("column", str, "category")
         if column not in catalog.frame.columns:
             raise reader.fail(
