@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
+from importlib.util import find_spec
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from conftest import copy_catalog_sample, write_tiny_checkpoint
@@ -83,6 +85,7 @@ HISTORY = [
 ]
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium")
+XDIST = find_spec("xdist")
 
 
 @pytest.fixture(scope="session")
@@ -300,6 +303,16 @@ def check_selection(parser: ReportParser, document: dict) -> None:
     rows = {row["data-model"]: row["data-outcome"] for row in parser.selection_rows}
     selection = document["selection"]
     assert set(rows) == {m["label"] for m in document["models"][1:]}
+    for row in parser.selection_rows:
+        label = row["data-model"]
+        figures = document["suites"][0]["figures"][label]["classification"]
+        assert float(row["data-zero-shot-accuracy"]) == figures["zero_shot_accuracy"]
+        total = sum(
+            v["observed"]
+            for v in document["verdicts"]
+            if v["candidate"] == label and v["check"].startswith("method_")
+        )
+        assert float(row["data-retrieval-total"]) == total
     for label, outcome in rows.items():
         if label in selection["winners"]:
             assert outcome in ("winner", "tied winner")
@@ -343,6 +356,86 @@ def test_report_equals_json(pytester, suite_dir, models):
     }
     assert set(plots_shown) == {"top-k", "benchmarks", "history"}
     assert all(src.startswith("data:image/png;base64,") for src in plots_shown.values())
+
+
+def check_junit(junit: Path, document: dict) -> None:
+    """Check each check's JUnit properties and the selection's testsuite properties."""
+    root = ElementTree.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    properties = {
+        p.get("name"): p.get("value") for p in suite.findall("properties/property")
+    }
+    selection = document["selection"]
+    winner = ", ".join(selection["winners"]) or "none"
+    assert properties["modelqa_winner"] == winner
+    for model in document["models"][1:]:
+        label = model["label"]
+        outcome = report.model_outcome(label, document)
+        assert properties[f"modelqa_outcome_{label}"] == outcome
+        total = selection["retrieval_totals"][label]
+        assert float(properties[f"modelqa_retrieval_total_{label}"]) == total
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    for verdict in document["verdicts"]:
+        check = verdict["check"]
+        if check.startswith("method_"):
+            check = f"retrieval_{check}"
+        case = cases[f"{check}[{verdict['candidate']}]"]
+        recorded = {
+            p.get("name"): p.get("value") for p in case.findall("properties/property")
+        }
+        assert float(recorded["modelqa_observed"]) == verdict["observed"]
+        assert float(recorded["modelqa_baseline"]) == verdict["baseline"]
+        assert float(recorded["modelqa_delta"]) == verdict["delta"]
+
+
+def check_terminal_summary(result, html_path: Path, json_path: Path) -> None:
+    """Check that the summary ends with a line per candidate and the file paths."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "modelqa verdicts" in line)
+    summary = lines[start + 1 : start + 5]
+    assert summary[0].startswith("other: ")
+    assert "checks passed; zero-shot accuracy " in summary[0]
+    assert " pp, rank score " in summary[0]
+    assert ", retrieval total " in summary[0]
+    candidate_lines = [line for line in summary if line.startswith("trained: ")]
+    assert len(candidate_lines) == 1
+    assert f"report: {html_path}" in lines[start + 1 :]
+    assert f"results JSON: {json_path}" in lines[start + 1 :]
+
+
+def test_junit_and_terminal_summary_carry_verdicts(pytester, suite_dir, models):
+    _, document, result = run_report(
+        pytester,
+        suite_dir(),
+        [models["other"], models["trained"]],
+        "--junitxml=junit.xml",
+    )
+    check_junit(pytester.path / "junit.xml", document)
+    check_terminal_summary(
+        result, pytester.path / "report.html", pytester.path / "results.json"
+    )
+
+
+@pytest.mark.skipif(XDIST is None, reason="pytest-xdist not installed")
+def test_xdist_controller_merges_worker_results(pytester, suite_dir, models):
+    html, document, result = run_report(
+        pytester,
+        suite_dir(),
+        [models["other"], models["trained"]],
+        "-n",
+        "2",
+        "--junitxml=junit.xml",
+    )
+    # Both workers ran items, so the figures and verdicts came from both.
+    assert "2 workers" in result.stdout.str()
+    parser = parse(html)
+    check_analytics(parser, document)
+    check_class_table(parser, document)
+    check_selection(parser, document)
+    check_junit(pytester.path / "junit.xml", document)
+    check_terminal_summary(
+        result, pytester.path / "report.html", pytester.path / "results.json"
+    )
 
 
 def check_galleries(html: str, document: dict) -> None:
