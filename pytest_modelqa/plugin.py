@@ -253,7 +253,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     junit = config.stash.get(xml_key, None)
     from pytest_modelqa.workers import is_worker, session_results, to_json
 
-    # Only the controller writes files; under pytest-xdist it merges the documents
+    # Only the controller writes files. Under pytest-xdist it merges the documents
     # that its workers sent.
     if not (path or junit) or is_worker(config):
         return

@@ -1046,7 +1046,7 @@ class HtmlReport:
         label = getattr(item, "label", None)
         # Only the process that writes the report fills galleries in: not an xdist
         # worker, and not a session without --html.
-        # NOTE: so under pytest-xdist the rows carry no gallery, because the
+        # NOTE: under pytest-xdist the rows therefore carry no gallery, because the
         # controller never runs this hook. The summary's galleries are complete.
         writes = self.config.getoption("htmlpath", None) and not is_worker(self.config)
         if writes and call.when == "call" and case is not None and label is not None:

@@ -81,7 +81,7 @@ def _verdict(entry: dict) -> Verdict:
 def merge_results(documents: list[dict], candidates: list[str]) -> dict:
     """Merge the results documents of several workers into one.
 
-    Each document holds the verdicts of the items its worker ran and the figures of
+    Each document contains the verdicts of the items its worker ran and the figures of
     the models it computed. Verdicts are concatenated, figures joined per suite and
     model, and the selection is made again over every verdict. A model's entry is
     taken from the first document that loaded it without an error.

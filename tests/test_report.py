@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import json
 import shutil
@@ -24,7 +25,7 @@ import pytest
 from conftest import copy_catalog_sample, write_tiny_checkpoint
 from PIL import Image
 
-from pytest_modelqa import plots, report
+from pytest_modelqa import plots, report, workers
 
 SUITE = """\
 name: mini
@@ -426,7 +427,7 @@ def test_xdist_controller_merges_worker_results(pytester, suite_dir, models):
         "2",
         "--junitxml=junit.xml",
     )
-    # Both workers ran items, so the figures and verdicts came from both.
+    # The checks below need every item's verdict, whichever worker ran it.
     assert "2 workers" in result.stdout.str()
     parser = parse(html)
     check_analytics(parser, document)
@@ -575,6 +576,11 @@ def test_report_renders_in_chromium(pytester, suite_dir, models):
         assert colours is not None
         assert len(colours) > 50
         assert rgb.getextrema() != ((255, 255), (255, 255), (255, 255))
+        # Text, table rules and plots darken more than 1 % of the window; a page
+        # that failed to render or shows only its title does not.
+        grey = rgb.convert("L")
+        dark = sum(grey.histogram()[:200])
+        assert dark > 0.01 * grey.width * grey.height
     # The environment table is filled in by pytest-html's script, so check the
     # rendered DOM: the rows are there and the models' hashes with them.
     dom = _chromium("--dump-dom", page).stdout
@@ -724,6 +730,25 @@ def test_candidate_without_figures_is_not_evaluated():
     cells = [c for c in parser.figure_cells if c["data-model"] == "b"]
     assert cells
     assert not [c for c in cells if "data-value" in c]
+
+
+def test_merge_results_joins_workers():
+    whole = _document(winners=["a", "b"])
+    first, second = copy.deepcopy(whole), copy.deepcopy(whole)
+    first["verdicts"] = [v for v in whole["verdicts"] if v["candidate"] == "a"]
+    second["verdicts"] = [v for v in whole["verdicts"] if v["candidate"] == "b"]
+    del first["suites"][0]["figures"]["b"]
+    del second["suites"][0]["figures"]["a"]
+    second["models"][1]["error"] = "a.pt: not loaded on this worker"
+    merged = workers.merge_results([second, first], ["a", "b"])
+    assert sorted(merged["verdicts"], key=lambda v: v["candidate"]) == whole["verdicts"]
+    assert merged["suites"][0]["figures"] == whole["suites"][0]["figures"]
+    assert merged["models"] == whole["models"]
+    selection = merged["selection"]
+    assert selection["acceptable"] == ["a", "b"]
+    # Equal retrieval totals and equal zero-shot accuracy: a tie.
+    assert selection["winners"] == ["a", "b"]
+    assert selection["tie_breaker"] == {"a": 0.75, "b": 0.75}
 
 
 def test_figure_value_reads_string_method_keys():
