@@ -59,7 +59,7 @@ border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:right}
 .modelqa-report .modelqa-ungated{background:#fafafa}
 .modelqa-report .modelqa-delta,.modelqa-report .modelqa-stats{
 display:block;color:#555;font-size:11px}
-.modelqa-report .modelqa-delta,.modelqa-report .modelqa-stats{white-space:nowrap}
+.modelqa-report .modelqa-delta{white-space:nowrap}
 .modelqa-report .modelqa-scroll{overflow-x:auto;max-width:100%}
 .modelqa-report table.modelqa-overview td{white-space:nowrap}
 .modelqa-report .modelqa-outcome{font-weight:bold}
@@ -332,11 +332,13 @@ def summary_lines(document: dict) -> list[str]:
             verdict += f" ({outcome})"
         passed = sum(1 for v in mine if v["passed"])
         deltas = []
-        for v in mine:
-            if v["check"] in SUMMARY_CHECKS:
+        for check in SUMMARY_CHECKS:
+            for v in mine:
+                if v["check"] != check:
+                    continue
                 prefix = "" if single_suite else f"{v['details'].get('suite')} "
-                title = figure_title(v["check"])
-                deltas.append(f"{prefix}{title} {format_delta(v['check'], v['delta'])}")
+                delta = format_delta(check, v["delta"])
+                deltas.append(f"{prefix}{figure_title(check)} {delta}")
         retrieval = [v for v in mine if METHOD.fullmatch(v["check"])]
         if retrieval:
             total = sum(v["delta"] for v in retrieval)

@@ -448,9 +448,11 @@ def check_galleries(html: str, document: dict) -> None:
     row = manual[1].split("</tr>")[0]
     assert row.endswith("<td>1</td>")
     case = document["suites"][0]["figures"]["other"]["retrieval"]["casual-white"]
-    gallery = section.split('data-case="casual-white"')[1].split(
+    gallery = section.split('class="modelqa-case" data-case="casual-white"')[1].split(
         'class="modelqa-case"'
     )[0]
+    assert 'href="#modelqa-case-mini-casual-white"' in section
+    assert 'id="modelqa-case-mini-casual-white"' in section
     for result in case["results"]:
         assert f'data-id="{result["id"]}"' in gallery
     first = case["results"][0]
