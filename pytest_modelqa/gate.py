@@ -244,8 +244,9 @@ def select_models(verdicts: list[Verdict], candidates: list[str]) -> Selection:
     """Apply the method's selection: all checks passed; retrieval totals decide.
 
     A candidate with any failed check is rejected. Among acceptable candidates the
-    highest sum of the retrieval totals wins, then the higher zero-shot accuracy;
-    candidates equal on both are all reported as winners (a tie).
+    highest sum of the retrieval totals wins, then the higher zero-shot accuracy
+    (summed over suites); candidates equal on both are all reported as winners (a
+    tie).
     """
     rejected: dict[str, list[str]] = {}
     for verdict in verdicts:
@@ -262,7 +263,7 @@ def select_models(verdicts: list[Verdict], candidates: list[str]) -> Selection:
         if verdict.phase == "retrieval" and verdict.check.startswith("method_"):
             retrieval[verdict.candidate] += verdict.observed
         elif verdict.check == "zero_shot_accuracy":
-            secondary[verdict.candidate] = verdict.observed
+            secondary[verdict.candidate] += verdict.observed
     winners: list[str] = []
     if acceptable:
         best = max((retrieval[name], secondary[name]) for name in acceptable)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 THUMBNAIL_SIZE = 96  # px, the longer side of a gallery thumbnail
@@ -153,6 +154,7 @@ def history_plot(history: list[dict], *, marks: dict[str, float]) -> str | None:
                 va="bottom",
                 ha="right",
             )
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_title(title)
         axes.legend(fontsize="x-small")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -12,7 +11,6 @@ import pytest
 from pytest_modelqa import __version__, distributed
 from pytest_modelqa.catalog import FIXTURES_DIR
 from pytest_modelqa.embeddings import ImageLoadError
-from pytest_modelqa.gate import select_models
 from pytest_modelqa.items import SuiteFile
 from pytest_modelqa.models import ModelLoadError, check_spec
 from pytest_modelqa.recording import (
@@ -29,6 +27,14 @@ from pytest_modelqa.suite import SUITE_FILE_NAME
 
 logger = logging.getLogger(__name__)
 DEFAULT_BASELINE = FIXTURES_DIR / "baseline" / "standin.pt"
+
+# NOTE: the JUnit XML writer's stash key is private to pytest (checked on 9.2), and
+# its record_testsuite_property fixture reads it the same way. Should it move, the
+# selection is left out of the JUnit XML file and nothing else changes.
+try:
+    from _pytest.junitxml import xml_key
+except ImportError:
+    xml_key = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -215,6 +221,10 @@ def pytest_configure(config: pytest.Config) -> None:
         catalog_dirs=catalog_dirs,
         recording=recording,
     )
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_modelqa.workers import WorkerResults
+
+        config.pluginmanager.register(WorkerResults(config), "modelqa-xdist")
     if config.pluginmanager.hasplugin("html"):
         from pytest_modelqa.report import HtmlReport
 
@@ -341,61 +351,64 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     state.saved_recording = write_recording(path, document)
 
 
-def pytest_terminal_summary(
-    terminalreporter, exitstatus, config: pytest.Config
-) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config):
+    # A wrapper writes after every plain hook, pytest-html's "Generated html report"
+    # line included, so that the summary ends with the candidates and file paths.
+    yield
+    from pytest_modelqa.workers import is_worker, session_results
+
     state = config.stash.get(state_key, None)
     if state is not None and state.saved_recording is not None:
         terminalreporter.write_line(
             f"modelqa: baseline {state.baseline} recorded in {state.saved_recording}"
         )
-    if state is None or not state.verdicts:
+    if is_worker(config):
         return
-    verdicts = state.verdicts
-    selection = select_models(verdicts, list(state.candidates))
+    document = session_results(config)
+    if document is None:
+        return
+    from pytest_modelqa.report import summary_lines
+
     terminalreporter.write_sep("=", "modelqa verdicts")
-    for label in state.candidates:
-        mine = [v for v in verdicts if v.candidate == label]
-        if not mine:
-            continue
-        failed = [v.check for v in mine if not v.passed]
-        verdict = "ACCEPTABLE" if not failed else "REJECTED"
-        if label in selection.winners:
-            verdict += " (winner)" if len(selection.winners) == 1 else " (tied winner)"
-        key = {v.check: v for v in mine}
-        deltas = ", ".join(
-            f"{name} {key[name].delta:+.4g}"
-            for name in ("zero_shot_accuracy", "rank_score", "method_1")
-            if name in key
-        )
-        passed = len(mine) - len(failed)
-        terminalreporter.write_line(
-            f"{label}: {verdict}, {passed}/{len(mine)} checks passed; {deltas}"
-        )
-        if failed:
-            terminalreporter.write_line(f"  failed: {', '.join(failed)}")
+    for line in summary_lines(document):
+        terminalreporter.write_line(line)
+    html_path = config.getoption("htmlpath", None)
+    if html_path:
+        terminalreporter.write_line(f"report: {Path(html_path).resolve()}")
+    json_path = config.getoption("modelqa_json")
+    if json_path:
+        terminalreporter.write_line(f"results JSON: {Path(json_path).resolve()}")
 
 
+# First, so that the selection reaches the JUnit XML file before pytest writes it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     path = config.getoption("modelqa_json")
-    state = config.stash.get(state_key, None)
-    # NOTE: under pytest-xdist the verdicts live in the workers, and only the
-    # controller may write files, so the JSON then holds no verdicts.
-    if not path or state is None or hasattr(config, "workerinput"):
-        return
-    from pytest_modelqa.results import build_results, results_key
+    junit = config.stash.get(xml_key, None)
+    from pytest_modelqa.workers import is_worker, session_results, to_json
 
+    # Only the controller writes files. Under pytest-xdist it merges the documents
+    # that its workers sent.
+    if not (path or junit) or is_worker(config):
+        return
     # The HTML report, written after this hook, renders this same document.
-    document = config.stash.get(results_key, None)
+    document = session_results(config)
     if document is None:
-        document = build_results(state, Path(config.rootpath))
-        config.stash[results_key] = document
+        return
+    if junit is not None:
+        from pytest_modelqa.report import junit_properties
+
+        for name, value in junit_properties(document):
+            junit.add_global_property(name, value)
+    if not path:
+        return
     target = Path(path)
     partial = target.with_name(f".{target.name}.partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(document, indent=2, default=_json_default))
+        partial.write_text(to_json(document))
         os.replace(partial, target)
     except OSError as error:
         if partial.is_file():
@@ -413,10 +426,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         # check passed.
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
-
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in the results JSON")

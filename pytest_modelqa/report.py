@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from html import escape
-from pathlib import Path
 
 import pytest
 
 from pytest_modelqa import plots
-from pytest_modelqa.results import build_results, results_key
 from pytest_modelqa.state import state_key
+from pytest_modelqa.workers import is_worker, session_results
 
 RETRIEVAL_METHODS = (1, 2, 3, 4)
 METHOD_TITLES = {
@@ -61,6 +60,8 @@ border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:right}
 .modelqa-report .modelqa-delta,.modelqa-report .modelqa-stats{
 display:block;color:#555;font-size:11px}
 .modelqa-report .modelqa-delta{white-space:nowrap}
+.modelqa-report .modelqa-scroll{overflow-x:auto;max-width:100%}
+.modelqa-report table.modelqa-overview td{white-space:nowrap}
 .modelqa-report .modelqa-outcome{font-weight:bold}
 .modelqa-report .modelqa-decision{font-size:15px;padding:.6em .8em;
 border-left:5px solid #888;background:#f6f6f6}
@@ -208,7 +209,8 @@ def _candidates(document: dict) -> list[dict]:
 
 
 def _tie_breaker(document: dict) -> dict[str, float]:
-    """Return each candidate's zero-shot accuracy, the selection's tie-breaker."""
+    """Return each candidate's zero-shot accuracy summed over suites, the
+    selection's tie-breaker."""
     return document["selection"].get("tie_breaker", {})
 
 
@@ -269,15 +271,22 @@ def selection_section(document: dict) -> str:
         failed = selection["rejected"].get(label, [])
         outcome = model_outcome(label, document)
         note = _text(model["error"]) if "error" in model else ""
+        total = selection["retrieval_totals"].get(label, 0)
+        accuracy = tie_breaker.get(label, 0.0)
         rows.append(
-            f'<tr data-model="{_text(label)}" data-outcome="{outcome}">'
+            f'<tr data-model="{_text(label)}" data-outcome="{outcome}" '
+            f'data-retrieval-total="{_number(total)}" '
+            f'data-zero-shot-accuracy="{_number(accuracy)}">'
             f'<th class="modelqa-name">{_text(label)}</th>'
             f'<td class="modelqa-name modelqa-outcome">{outcome}</td>'
             f"<td>{passed} / {len(mine)}</td>"
             f'<td class="modelqa-name">{_text(", ".join(failed)) or note}</td>'
-            f"<td>{selection['retrieval_totals'].get(label, 0):.0f}</td>"
-            f"<td>{tie_breaker.get(label, 0.0):.4f}</td></tr>"
+            f"<td>{total:.0f}</td>"
+            f"<td>{format_figure('zero_shot_accuracy', accuracy)}</td></tr>"
         )
+    accuracy_title = "zero-shot accuracy"
+    if len(document["suites"]) > 1:
+        accuracy_title += ", summed over suites"
     return (
         "<h2>Which checkpoint to ship</h2>"
         + _decision(document)
@@ -285,7 +294,7 @@ def selection_section(document: dict) -> str:
         '<th class="modelqa-name">candidate</th><th class="modelqa-name">outcome</th>'
         '<th>checks passed</th><th class="modelqa-name">failed checks</th>'
         '<th title="methods 1 to 4 summed over every suite">retrieval total</th>'
-        '<th title="the tie-breaker">zero-shot accuracy</th></tr></thead>'
+        f'<th title="the tie-breaker">{accuracy_title}</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
         "<p>A candidate is acceptable when it passes every check: each phase 1 and "
         "phase 2 figure meets its rule (by default, better than the baseline) and "
@@ -293,6 +302,70 @@ def selection_section(document: dict) -> str:
         "highest retrieval total wins, then the higher zero-shot accuracy. "
         "Candidates still equal are reported as a tie.</p>"
     )
+
+
+# -- terminal summary ------------------------------------------------------------------
+
+# Checks whose deltas the terminal summary shows, besides the retrieval total.
+SUMMARY_CHECKS = ("zero_shot_accuracy", "rank_score")
+
+
+def summary_lines(document: dict) -> list[str]:
+    """Return one terminal line per candidate: outcome, checks passed, key deltas.
+
+    The deltas are zero-shot accuracy and rank score per suite and the retrieval
+    total over every suite, the figure that decides among acceptable candidates.
+    A second, indented line lists a rejected candidate's failed checks.
+    """
+    single_suite = len(document["suites"]) == 1
+    lines = []
+    for model in _candidates(document):
+        label = model["label"]
+        mine = [v for v in document["verdicts"] if v["candidate"] == label]
+        outcome = model_outcome(label, document)
+        if not mine:
+            reason = model.get("error", "no check ran")
+            lines.append(f"{label}: NOT EVALUATED, {reason}")
+            continue
+        verdict = "REJECTED" if outcome == "rejected" else "ACCEPTABLE"
+        if outcome in ("winner", "tied winner"):
+            verdict += f" ({outcome})"
+        passed = sum(1 for v in mine if v["passed"])
+        deltas = []
+        for check in SUMMARY_CHECKS:
+            for v in mine:
+                if v["check"] != check:
+                    continue
+                prefix = "" if single_suite else f"{v['details'].get('suite')} "
+                delta = format_delta(check, v["delta"])
+                deltas.append(f"{prefix}{figure_title(check)} {delta}")
+        retrieval = [v for v in mine if METHOD.fullmatch(v["check"])]
+        if retrieval:
+            total = sum(v["delta"] for v in retrieval)
+            deltas.append(f"retrieval total {format_delta('method_1', total)}")
+        line = f"{label}: {verdict}, {passed}/{len(mine)} checks passed"
+        lines.append(f"{line}; {', '.join(deltas)}" if deltas else line)
+        failed = document["selection"]["rejected"].get(label)
+        if failed:
+            lines.append(f"  failed: {', '.join(failed)}")
+    return lines
+
+
+def junit_properties(document: dict) -> list[tuple[str, str]]:
+    """Return the selection as JUnit XML testsuite properties.
+
+    ``modelqa_winner`` names the winner, several names for a tie, or ``none``.
+    ``modelqa_outcome_LABEL`` gives each candidate's outcome and
+    ``modelqa_retrieval_total_LABEL`` the retrieval total the selection compared.
+    """
+    selection = document["selection"]
+    properties = [("modelqa_winner", ", ".join(selection["winners"]) or "none")]
+    for model in _candidates(document):
+        label = model["label"]
+        total = selection["retrieval_totals"].get(label, 0)
+        properties.append((f"modelqa_outcome_{label}", model_outcome(label, document)))
+        properties.append((f"modelqa_retrieval_total_{label}", f"{total:g}"))
+    return properties
 
 
 # -- header ----------------------------------------------------------------------------
@@ -773,11 +846,23 @@ def _result_figure(position: int, result: dict, thumbnails: Thumbnails) -> str:
     )
 
 
-def case_gallery(case_id: str, cases: dict[str, dict], thumbnails: Thumbnails) -> str:
+def case_anchor(suite_name: str, case_id: str) -> str:
+    """Return an element id for a case's gallery, unique within the page."""
+    return escape(f"modelqa-case-{suite_name}-{case_id}".replace(" ", "_"))
+
+
+def case_gallery(
+    case_id: str,
+    cases: dict[str, dict],
+    thumbnails: Thumbnails,
+    *,
+    suite_name: str = "",
+) -> str:
     """Render one case: the query, then each model's top results side by side.
 
     `cases` maps a model label to that model's entry for the case in the results
-    document, the baseline first.
+    document, the baseline first. With `suite_name`, the gallery gets the id that
+    the case overview links to.
     """
     first = next(iter(cases.values()))
     if first["image"] is not None:
@@ -799,8 +884,10 @@ def case_gallery(case_id: str, cases: dict[str, dict], thumbnails: Thumbnails) -
             f"<b>{_text(label)}</b>: {totals}"
             f'<div class="modelqa-thumbs">{results}</div></div>'
         )
+    # Only the summary's galleries get an id: a row's gallery repeats the case.
+    anchor = f' id="{case_anchor(suite_name, case_id)}"' if suite_name else ""
     return (
-        f'<div class="modelqa-case" data-case="{_text(case_id)}">'
+        f'<div class="modelqa-case" data-case="{_text(case_id)}"{anchor}>'
         f"<h4>case {_text(case_id)}</h4>"
         f'<p class="modelqa-query">{query}; expected {_text(first["category"])} / '
         f"{_text(first['attribute'])}; {first['matches']} matching products</p>"
@@ -817,6 +904,58 @@ def _cases_by_id(suite: dict, labels: list[str]) -> dict[str, dict[str, dict]]:
     return cases
 
 
+def _points_cell(label: str, case: dict, base: dict | None) -> str:
+    scores = [_by_method(case["scores"], method) or 0 for method in RETRIEVAL_METHODS]
+    text = " · ".join(str(score) for score in scores)
+    tone = ""
+    if base is not None and case is not base:
+        delta = scores[0] - (_by_method(base["scores"], 1) or 0)
+        if delta > 0:
+            tone = "modelqa-pass"
+        elif delta < 0:
+            tone = "modelqa-fail"
+    return (
+        f'<td class="{tone}" data-model="{_text(label)}" '
+        f'data-method-1="{scores[0]}">{text}</td>'
+    )
+
+
+def case_overview(suite: dict, labels: list[str]) -> str:
+    """Render one row per automated case with each model's points for methods 1 to 4.
+
+    A candidate's cell is green when its method 1 points beat the baseline's on that
+    case and red when they fall short. Each case id links to its gallery.
+    """
+    shown = [label for label in labels if label in suite["figures"]]
+    rows = []
+    for case_id, cases in _cases_by_id(suite, shown).items():
+        first = next(iter(cases.values()))
+        if not first["automated"]:
+            continue
+        base = cases.get("baseline")
+        cells = "".join(
+            _points_cell(label, cases[label], base) if label in cases else "<td></td>"
+            for label in shown
+        )
+        anchor = case_anchor(suite["name"], case_id)
+        rows.append(
+            f'<tr data-case="{_text(case_id)}"><th class="modelqa-name">'
+            f'<a href="#{anchor}">{_text(case_id)}</a></th>'
+            f'<td class="modelqa-name">{_text(first["query"])}</td>{cells}</tr>'
+        )
+    if not rows:
+        return ""
+    heads = "".join(f"<th>{_text(label)}</th>" for label in shown)
+    return (
+        "<p>Points per case for methods 1 to 4, in that order. A candidate's cell is "
+        "green where its method 1 points beat the baseline's, red where they fall "
+        "short. Each case links to its gallery below.</p>"
+        '<table class="modelqa modelqa-overview"><thead><tr>'
+        f'<th class="modelqa-name">case</th><th class="modelqa-name">query</th>{heads}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def galleries(document: dict, suite: dict, thumbnails: Thumbnails) -> str:
     """Render every automated case's gallery and list the cases left for review."""
     labels = [m["label"] for m in document["models"]]
@@ -824,7 +963,9 @@ def galleries(document: dict, suite: dict, thumbnails: Thumbnails) -> str:
     for case_id, cases in _cases_by_id(suite, labels).items():
         first = next(iter(cases.values()))
         if first["automated"]:
-            automated.append(case_gallery(case_id, cases, thumbnails))
+            automated.append(
+                case_gallery(case_id, cases, thumbnails, suite_name=suite["name"])
+            )
         else:
             manual.append(
                 f'<tr data-case="{_text(case_id)}"><th class="modelqa-name">'
@@ -833,7 +974,7 @@ def galleries(document: dict, suite: dict, thumbnails: Thumbnails) -> str:
                 f'<td class="modelqa-name">{_text(first["category"])} / '
                 f"{_text(first['attribute'])}</td><td>{first['matches']}</td></tr>"
             )
-    html = "".join(automated)
+    html = case_overview(suite, labels) + "".join(automated)
     if manual:
         html += (
             "<h4>Cases for manual review</h4><p>Too few matching products in the "
@@ -856,6 +997,8 @@ def render_report(document: dict) -> str:
         f"<style>{STYLE}</style>",
         selection_section(document),
         header_section(document),
+        # Before the suites, whose galleries make the page long.
+        training_section(document),
     ]
     for suite in document["suites"]:
         name = _text(suite["name"])
@@ -866,10 +1009,10 @@ def render_report(document: dict) -> str:
             "baseline with the check's outcome and, where the gate computed them, "
             "the interval of that difference at the stated confidence and its "
             "p-value. Hover an interval for the test behind it.</p>",
-            analytics_table(document, suite),
+            f'<div class="modelqa-scroll">{analytics_table(document, suite)}</div>',
             f"<h3>Per-class figures, {name}</h3>",
             "<details open><summary>precision, recall, F1 and support</summary>",
-            class_table(document, suite),
+            f'<div class="modelqa-scroll">{class_table(document, suite)}</div>',
             "</details>",
             f"<h3>Plots, {name}</h3>",
             suite_plots(suite),
@@ -880,20 +1023,7 @@ def render_report(document: dict) -> str:
             galleries(document, suite, thumbnails),
             "</details></section>",
         ]
-    parts.append(training_section(document))
     return f'<div class="modelqa-report" id="modelqa-comparison">{"".join(parts)}</div>'
-
-
-def session_results(config: pytest.Config) -> dict | None:
-    """Return the session's results document, building and storing it on first use."""
-    document = config.stash.get(results_key, None)
-    if document is None:
-        state = config.stash.get(state_key, None)
-        if state is None or not state.verdicts:
-            return None
-        document = build_results(state, Path(config.rootpath))
-        config.stash[results_key] = document
-    return document
 
 
 class HtmlReport:
@@ -918,9 +1048,9 @@ class HtmlReport:
         label = getattr(item, "label", None)
         # Only the process that writes the report fills galleries in: not an xdist
         # worker, and not a session without --html.
-        writes = self.config.getoption("htmlpath", None) and not hasattr(
-            self.config, "workerinput"
-        )
+        # NOTE: under pytest-xdist the rows therefore carry no gallery, because the
+        # controller never runs this hook. The summary's galleries are complete.
+        writes = self.config.getoption("htmlpath", None) and not is_worker(self.config)
         if writes and call.when == "call" and case is not None and label is not None:
             from pytest_html import extras
 

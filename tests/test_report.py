@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import json
 import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
+from importlib.util import find_spec
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from conftest import copy_catalog_sample, write_tiny_checkpoint
 from PIL import Image
 
-from pytest_modelqa import plots, report
+from pytest_modelqa import plots, report, workers
 
 SUITE = """\
 name: mini
@@ -83,6 +86,7 @@ HISTORY = [
 ]
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium")
+XDIST = find_spec("xdist")
 
 
 @pytest.fixture(scope="session")
@@ -300,6 +304,16 @@ def check_selection(parser: ReportParser, document: dict) -> None:
     rows = {row["data-model"]: row["data-outcome"] for row in parser.selection_rows}
     selection = document["selection"]
     assert set(rows) == {m["label"] for m in document["models"][1:]}
+    for row in parser.selection_rows:
+        label = row["data-model"]
+        figures = document["suites"][0]["figures"][label]["classification"]
+        assert float(row["data-zero-shot-accuracy"]) == figures["zero_shot_accuracy"]
+        total = sum(
+            v["observed"]
+            for v in document["verdicts"]
+            if v["candidate"] == label and v["check"].startswith("method_")
+        )
+        assert float(row["data-retrieval-total"]) == total
     for label, outcome in rows.items():
         if label in selection["winners"]:
             assert outcome in ("winner", "tied winner")
@@ -345,6 +359,86 @@ def test_report_equals_json(pytester, suite_dir, models):
     assert all(src.startswith("data:image/png;base64,") for src in plots_shown.values())
 
 
+def check_junit(junit: Path, document: dict) -> None:
+    """Check each check's JUnit properties and the selection's testsuite properties."""
+    root = ElementTree.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    properties = {
+        p.get("name"): p.get("value") for p in suite.findall("properties/property")
+    }
+    selection = document["selection"]
+    winner = ", ".join(selection["winners"]) or "none"
+    assert properties["modelqa_winner"] == winner
+    for model in document["models"][1:]:
+        label = model["label"]
+        outcome = report.model_outcome(label, document)
+        assert properties[f"modelqa_outcome_{label}"] == outcome
+        total = selection["retrieval_totals"][label]
+        assert float(properties[f"modelqa_retrieval_total_{label}"]) == total
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    for verdict in document["verdicts"]:
+        check = verdict["check"]
+        if check.startswith("method_"):
+            check = f"retrieval_{check}"
+        case = cases[f"{check}[{verdict['candidate']}]"]
+        recorded = {
+            p.get("name"): p.get("value") for p in case.findall("properties/property")
+        }
+        assert float(recorded["modelqa_observed"]) == verdict["observed"]
+        assert float(recorded["modelqa_baseline"]) == verdict["baseline"]
+        assert float(recorded["modelqa_delta"]) == verdict["delta"]
+
+
+def check_terminal_summary(result, html_path: Path, json_path: Path) -> None:
+    """Check that the summary ends with a line per candidate and the file paths."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "modelqa verdicts" in line)
+    summary = lines[start + 1 : start + 5]
+    assert summary[0].startswith("other: ")
+    assert "checks passed; zero-shot accuracy " in summary[0]
+    assert " pp, rank score " in summary[0]
+    assert ", retrieval total " in summary[0]
+    candidate_lines = [line for line in summary if line.startswith("trained: ")]
+    assert len(candidate_lines) == 1
+    assert f"report: {html_path}" in lines[start + 1 :]
+    assert f"results JSON: {json_path}" in lines[start + 1 :]
+
+
+def test_junit_and_terminal_summary_carry_verdicts(pytester, suite_dir, models):
+    _, document, result = run_report(
+        pytester,
+        suite_dir(),
+        [models["other"], models["trained"]],
+        "--junitxml=junit.xml",
+    )
+    check_junit(pytester.path / "junit.xml", document)
+    check_terminal_summary(
+        result, pytester.path / "report.html", pytester.path / "results.json"
+    )
+
+
+@pytest.mark.skipif(XDIST is None, reason="pytest-xdist not installed")
+def test_xdist_controller_merges_worker_results(pytester, suite_dir, models):
+    html, document, result = run_report(
+        pytester,
+        suite_dir(),
+        [models["other"], models["trained"]],
+        "-n",
+        "2",
+        "--junitxml=junit.xml",
+    )
+    # The checks below need every item's verdict, whichever worker ran it.
+    assert "2 workers" in result.stdout.str()
+    parser = parse(html)
+    check_analytics(parser, document)
+    check_class_table(parser, document)
+    check_selection(parser, document)
+    check_junit(pytester.path / "junit.xml", document)
+    check_terminal_summary(
+        result, pytester.path / "report.html", pytester.path / "results.json"
+    )
+
+
 def check_galleries(html: str, document: dict) -> None:
     """Check the case galleries and the manual review table of the summary."""
     section = html[html.index('id="modelqa-comparison"') :]
@@ -354,9 +448,11 @@ def check_galleries(html: str, document: dict) -> None:
     row = manual[1].split("</tr>")[0]
     assert row.endswith("<td>1</td>")
     case = document["suites"][0]["figures"]["other"]["retrieval"]["casual-white"]
-    gallery = section.split('data-case="casual-white"')[1].split(
+    gallery = section.split('class="modelqa-case" data-case="casual-white"')[1].split(
         'class="modelqa-case"'
     )[0]
+    assert 'href="#modelqa-case-mini-casual-white"' in section
+    assert 'id="modelqa-case-mini-casual-white"' in section
     for result in case["results"]:
         assert f'data-id="{result["id"]}"' in gallery
     first = case["results"][0]
@@ -482,6 +578,11 @@ def test_report_renders_in_chromium(pytester, suite_dir, models):
         assert colours is not None
         assert len(colours) > 50
         assert rgb.getextrema() != ((255, 255), (255, 255), (255, 255))
+        # Text, table rules and plots darken more than 1 % of the window; a page
+        # that failed to render or shows only its title does not.
+        grey = rgb.convert("L")
+        dark = sum(grey.histogram()[:200])
+        assert dark > 0.01 * grey.width * grey.height
     # The environment table is filled in by pytest-html's script, so check the
     # rendered DOM: the rows are there and the models' hashes with them.
     dom = _chromium("--dump-dom", page).stdout
@@ -631,6 +732,25 @@ def test_candidate_without_figures_is_not_evaluated():
     cells = [c for c in parser.figure_cells if c["data-model"] == "b"]
     assert cells
     assert not [c for c in cells if "data-value" in c]
+
+
+def test_merge_results_joins_workers():
+    whole = _document(winners=["a", "b"])
+    first, second = copy.deepcopy(whole), copy.deepcopy(whole)
+    first["verdicts"] = [v for v in whole["verdicts"] if v["candidate"] == "a"]
+    second["verdicts"] = [v for v in whole["verdicts"] if v["candidate"] == "b"]
+    del first["suites"][0]["figures"]["b"]
+    del second["suites"][0]["figures"]["a"]
+    second["models"][1]["error"] = "a.pt: not loaded on this worker"
+    merged = workers.merge_results([second, first], ["a", "b"])
+    assert sorted(merged["verdicts"], key=lambda v: v["candidate"]) == whole["verdicts"]
+    assert merged["suites"][0]["figures"] == whole["suites"][0]["figures"]
+    assert merged["models"] == whole["models"]
+    selection = merged["selection"]
+    assert selection["acceptable"] == ["a", "b"]
+    # Equal retrieval totals and equal zero-shot accuracy: a tie.
+    assert selection["winners"] == ["a", "b"]
+    assert selection["tie_breaker"] == {"a": 0.75, "b": 0.75}
 
 
 def test_figure_value_reads_string_method_keys():
