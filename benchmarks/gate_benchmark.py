@@ -224,7 +224,10 @@ def read_items(data_dir: Path) -> list[Item]:
                 for row in csv.DictReader(handle)
             ]
     else:
-        raise SystemExit(f"{data_dir} holds neither styles.csv nor manifest.csv")
+        raise SystemExit(
+            f"{data_dir} contains neither styles.csv nor manifest.csv; pass a "
+            "footwear-small folder or a catalog folder such as fixtures/footwear"
+        )
     items = [item for item in items if item.image.is_file()]
     items.sort(key=lambda item: int(item.id))
     random.Random(0).shuffle(items)
@@ -545,6 +548,14 @@ def target_status(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
+def ratio_status(wall: float, cpu: float, target: float) -> str:
+    """Judge a ratio in wall time and in CPU time, which load changes less."""
+    if (wall <= target) == (cpu <= target):
+        return target_status(wall <= target)
+    kept = "wall" if wall <= target else "CPU"
+    return f"met in {kept} time only, **missed** in the other"
+
+
 class Figures:
     """Medians of the runs, by label."""
 
@@ -573,9 +584,13 @@ def render_report(results: dict) -> str:
         "# Benchmarks",
         "",
         "Gate time and memory, written by `benchmarks/gate_benchmark.py` in one run on "
-        f"the machine below ({results['total_minutes']:.0f} minutes). Each figure is "
-        f"the median of {options['repeats']} run(s), and each ratio divides two "
-        "figures of this run.",
+        f"the machine below ({results['total_minutes']:.0f} minutes). "
+        + (
+            "Each figure is a single run"
+            if options["repeats"] == 1
+            else f"Each figure is the median of {options['repeats']} runs"
+        )
+        + ", and each ratio divides two figures of this run.",
         "",
         *load_note(results),
         "",
@@ -757,7 +772,7 @@ def targets_table(results: dict, figures: Figures) -> list[str]:
         lines.append(
             f"| a. cold gate / bare loop, {size:,} images | {wall:.3f} wall, "
             f"{cpu:.3f} CPU | ≤ {TARGET_COLD_RATIO} | "
-            f"{target_status(wall <= TARGET_COLD_RATIO)} |"
+            f"{ratio_status(wall, cpu, TARGET_COLD_RATIO)} |"
         )
     for size in sizes:
         wall = figures.wall(f"warm {size}") / figures.wall(f"cold {size}")
@@ -765,7 +780,7 @@ def targets_table(results: dict, figures: Figures) -> list[str]:
         lines.append(
             f"| b. warm gate / cold gate, {size:,} images | {wall:.3f} wall, "
             f"{cpu:.3f} CPU | ≤ {TARGET_WARM_RATIO} | "
-            f"{target_status(wall <= TARGET_WARM_RATIO)} |"
+            f"{ratio_status(wall, cpu, TARGET_WARM_RATIO)} |"
         )
     largest = max(sizes)
     large_s = figures.wall(f"cold {largest}")
@@ -1001,8 +1016,11 @@ def main(argv: list[str] | None = None) -> None:
     results["machine"] = machine
     results["total_minutes"] = (time.perf_counter() - started) / 60
     results["data"], results["data_note"] = describe_data(args.data_dir)
+    # The data folder's path is local to this machine, so the command names it.
+    given = [str(arg) for arg in (argv or sys.argv[1:])]
+    options = [arg for arg in given if arg != str(args.data_dir)]
     results["command"] = " ".join(
-        ["python", "benchmarks/gate_benchmark.py", *(argv or sys.argv[1:])]
+        ["python", "benchmarks/gate_benchmark.py", "DATA_DIR", *options]
     )
     report = render_report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
