@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_modelqa import __version__, distributed
+from pytest_modelqa.cache import PRECISIONS, EmbeddingCache
 from pytest_modelqa.catalog import FIXTURES_DIR
 from pytest_modelqa.embeddings import ImageLoadError
 from pytest_modelqa.items import SuiteFile
@@ -27,6 +29,8 @@ from pytest_modelqa.suite import SUITE_FILE_NAME
 
 logger = logging.getLogger(__name__)
 DEFAULT_BASELINE = FIXTURES_DIR / "baseline" / "standin.pt"
+# The embedding cache's folder inside pytest's cache folder (config.cache.mkdir).
+CACHE_FOLDER_NAME = "modelqa-embeddings"
 
 # NOTE: the JUnit XML writer's stash key is private to pytest (checked on 9.2), and
 # its record_testsuite_property fixture reads it the same way. Should it move, the
@@ -90,6 +94,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=0,
         help="Data-loader worker processes for image decoding. Default: 0 (in process).",
+    )
+    group.addoption(
+        "--modelqa-precision",
+        metavar="PRECISION",
+        dest="modelqa_precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="Precision of the forward pass on CUDA: fp32, bf16 or fp16 (autocast); "
+        "other devices always run fp32. Default: fp32.",
+    )
+    group.addoption(
+        "--modelqa-cache-dir",
+        metavar="DIR",
+        dest="modelqa_cache_dir",
+        default=None,
+        help="Folder of the embedding cache, which --cache-clear leaves alone. "
+        f"Default: {CACHE_FOLDER_NAME} in pytest's cache folder "
+        "(.pytest_cache/d/), which --cache-clear empties.",
+    )
+    group.addoption(
+        "--modelqa-no-cache",
+        action="store_true",
+        dest="modelqa_no_cache",
+        default=False,
+        help="Encode every image and prompt without reading or writing the embedding "
+        "cache. Default: the cache is used.",
     )
     group.addoption(
         "--modelqa-json",
@@ -208,11 +238,15 @@ def pytest_configure(config: pytest.Config) -> None:
     ]
     if FIXTURES_DIR not in catalog_dirs:
         catalog_dirs.append(FIXTURES_DIR)
+    cache, cache_note = _embedding_cache(config) if specs else (None, "")
     options = EncodeOptions(
         device=config.getoption("modelqa_device"),
         batch_size=config.getoption("modelqa_batch_size"),
         workers=config.getoption("modelqa_workers"),
-        progress=config.get_verbosity() >= 0 and not os.environ.get("CI"),
+        progress=_show_progress(config),
+        precision=config.getoption("modelqa_precision"),
+        cache=cache,
+        progress_output=_progress_output(config),
     )
     config.stash[state_key] = GateState(
         baseline=baseline,
@@ -220,6 +254,7 @@ def pytest_configure(config: pytest.Config) -> None:
         pool=ModelPool(options, arch=config.getoption("modelqa_arch")),
         catalog_dirs=catalog_dirs,
         recording=recording,
+        cache_note=cache_note,
     )
     if config.pluginmanager.hasplugin("xdist"):
         from pytest_modelqa.workers import WorkerResults
@@ -266,6 +301,44 @@ def _read_recording(config: pytest.Config) -> BaselineRecording | None:
         raise pytest.UsageError(
             f"--modelqa-baseline-results {results}: {error}"
         ) from error
+
+
+def _embedding_cache(config: pytest.Config) -> tuple[EmbeddingCache | None, str]:
+    """Open the session's embedding cache; return it and a line that describes it."""
+    if config.getoption("modelqa_no_cache"):
+        return None, "embedding cache off (--modelqa-no-cache)"
+    folder = config.getoption("modelqa_cache_dir")
+    if folder is not None:
+        path = Path(config.invocation_params.dir, folder)
+        return EmbeddingCache(path), f"embedding cache {path}"
+    pytest_cache = getattr(config, "cache", None)
+    if pytest_cache is None:
+        return None, (
+            "embedding cache off because the cacheprovider plugin is disabled "
+            "(-p no:cacheprovider), so every image and prompt was encoded; enable "
+            "it or pass --modelqa-cache-dir DIR to reuse embeddings across sessions"
+        )
+    # NOTE: under pytest-xdist every worker repeats the controller's --cache-clear
+    # when it starts. Workers encode only in their test phase, after all of them
+    # have collected, so no worker empties the cache while another writes to it.
+    path = pytest_cache.mkdir(CACHE_FOLDER_NAME)
+    return EmbeddingCache(path), f"embedding cache {path}"
+
+
+def _show_progress(config: pytest.Config) -> bool:
+    """Draw progress bars, except under -q, in CI logs and in xdist workers."""
+    in_ci = os.environ.get("CI", "").lower() not in ("", "0", "false")
+    worker = hasattr(config, "workerinput")
+    return config.get_verbosity() >= 0 and not in_ci and not worker
+
+
+def _progress_output(config: pytest.Config):
+    """Return a context that lets progress bars past pytest's output capture."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        return contextlib.nullcontext
+    # The same switch that capsys.disabled() and live logging use.
+    return capture.global_and_fixture_disabled
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path):
@@ -373,12 +446,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     terminalreporter.write_sep("=", "modelqa verdicts")
     for line in summary_lines(document):
         terminalreporter.write_line(line)
+    if state is not None:
+        terminalreporter.write_line(_cache_summary(state))
     html_path = config.getoption("htmlpath", None)
     if html_path:
         terminalreporter.write_line(f"report: {Path(html_path).resolve()}")
     json_path = config.getoption("modelqa_json")
     if json_path:
         terminalreporter.write_line(f"results JSON: {Path(json_path).resolve()}")
+
+
+def _cache_summary(state: GateState) -> str:
+    """Describe the embedding cache and this process's reads and writes of it."""
+    cache = state.pool.options.cache
+    if cache is None:
+        return state.cache_note
+    line = f"{state.cache_note}: {cache.hits} embeddings read, {cache.misses} computed"
+    if cache.corrupt:
+        line += f" ({cache.corrupt} of them replaced damaged entries)"
+    return line
 
 
 # First, so that the selection reaches the JUnit XML file before pytest writes it.
@@ -426,3 +512,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         # check passed.
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(state_key, None)
+    if state is not None and state.pool.options.cache is not None:
+        state.pool.options.cache.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import string
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,8 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pytest_modelqa import evaluation, statistics
+from pytest_modelqa.cache import EmbeddingCache
 from pytest_modelqa.catalog import Catalog
-from pytest_modelqa.embeddings import encode_images, encode_texts, top_k
+from pytest_modelqa.embeddings import (
+    embedding_dim,
+    encode_images,
+    encode_texts,
+    top_k,
+)
 from pytest_modelqa.gate import Verdict, compare, worst_class
 from pytest_modelqa.models import LoadedModel, ModelLoadError, load_model
 from pytest_modelqa.suite import Case, Suite
@@ -27,12 +36,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EncodeOptions:
-    """How images go through a model: device, batch size, loader workers, progress."""
+    """How images and texts go through a model, and where their embeddings are kept.
+
+    `progress_output` returns the context in which progress bars are drawn. The
+    plugin passes one that suspends pytest's output capture, so that the bars reach
+    the terminal instead of a test's captured stderr.
+    """
 
     device: str = "cpu"
     batch_size: int = 64
     workers: int = 0
     progress: bool = True
+    precision: str = "fp32"
+    cache: EmbeddingCache | None = None
+    progress_output: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
 
 @dataclass
@@ -65,14 +82,19 @@ class BaselineError(Exception):
 
 
 class ModelPool:
-    """Loaded models and their image embeddings, shared by every suite of a session."""
+    """Loaded models and their embeddings, shared by every suite of a session.
+
+    Each model encodes a catalog once and a prompt once per session. With a cache in
+    the options, embeddings that an earlier session computed are read from it.
+    """
 
     def __init__(self, options: EncodeOptions, *, arch: str | None = None):
         self.options = options
         self.arch = arch
         self._models: dict[str, LoadedModel | ModelLoadError] = {}
         self._images: dict[tuple[str, str], np.ndarray] = {}
-        self._texts: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        # weights hash -> {prompt: (D,) embedding}
+        self._texts: dict[str, dict[str, np.ndarray]] = {}
 
     def model(self, spec: str) -> LoadedModel:
         """Load a model once; a failed load is remembered and raised again."""
@@ -95,14 +117,19 @@ class ModelPool:
             logger.info(
                 "encoding %d images of %s with %s", len(paths), catalog.name, model.name
             )
-            self._images[key] = encode_images(
-                model,
-                paths,
-                batch_size=self.options.batch_size,
-                workers=self.options.workers,
-                device=self.options.device,
-                progress=self.options.progress,
-                desc=f"{model.name}: {catalog.name}",
+            with self.options.progress_output():
+                self._images[key] = self._encode_images(
+                    model, paths, progress=self.options.progress, desc=catalog.name
+                )
+        return self._images[key]
+
+    def query_embedding(self, spec: str, path: Path) -> np.ndarray:
+        """Return the (1, D) embedding of a query image, encoding it once."""
+        model = self.model(spec)
+        key = (model.sha256, _paths_key([path]))
+        if key not in self._images:
+            self._images[key] = self._encode_images(
+                model, [path], progress=False, desc=Path(path).name
             )
         return self._images[key]
 
@@ -113,13 +140,39 @@ class ModelPool:
         key = (self.model(spec).sha256, _paths_key(catalog.image_paths()))
         self._images[key] = embeddings
 
+    def _encode_images(
+        self, model: LoadedModel, paths: list[Path], *, progress: bool, desc: str
+    ) -> np.ndarray:
+        options = self.options
+        return encode_images(
+            model,
+            paths,
+            batch_size=options.batch_size,
+            workers=options.workers,
+            device=options.device,
+            progress=progress,
+            desc=f"{model.name}: {desc}",
+            cache=options.cache,
+            precision=options.precision,
+        )
+
     def text_embeddings(self, spec: str, texts: list[str]) -> np.ndarray:
-        """Return (T, D) embeddings of prompts, encoding each list once per model."""
+        """Return (T, D) embeddings of prompts, encoding each text once per model."""
         model = self.model(spec)
-        key = (model.sha256, tuple(texts))
-        if key not in self._texts:
-            self._texts[key] = encode_texts(model, texts, device=self.options.device)
-        return self._texts[key]
+        known = self._texts.setdefault(model.sha256, {})
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
+        if missing:
+            encoded = encode_texts(
+                model,
+                missing,
+                device=self.options.device,
+                precision=self.options.precision,
+                cache=self.options.cache,
+            )  # (M, D)
+            known.update(zip(missing, encoded, strict=True))
+        if not texts:
+            return np.zeros((0, embedding_dim(model) or 0), dtype=np.float32)
+        return np.stack([known[text] for text in texts])  # (T, D)
 
     def loaded(self) -> list[LoadedModel]:
         return [
@@ -367,10 +420,7 @@ class SuiteRunner:
         if case.text is not None:
             query = self.pool.text_embeddings(spec, [case.text])  # (1, D)
         else:
-            model = self.pool.model(spec)
-            query = encode_images(
-                model, [case.image], device=self.pool.options.device, progress=False
-            )
+            query = self.pool.query_embedding(spec, case.image)  # (1, D)
         k = min(case.k, int((~excluded).sum()))
         indices, _ = top_k(query, gallery, k=k, exclude=excluded[None, :])
         picked = rows[indices[0]]
@@ -582,7 +632,6 @@ class SuiteRunner:
         verdict.details["suite"] = self.suite.name
         self.verdicts.append(verdict)
         return verdict
-
 
     def class_f1(self, spec: str) -> dict[str, float]:
         """Return each attribute class's F1 from the classification report."""

@@ -28,6 +28,7 @@ class GateState:
     candidates: dict[str, str]  # display label -> spec
     pool: ModelPool
     catalog_dirs: list[Path]
+    cache_note: str = ""  # where embeddings are cached, or why they are not
     runners: dict[Path, SuiteRunner] = field(default_factory=dict)
     # Set by --modelqa-baseline-results; `baseline` is then the recording's spec.
     recording: BaselineRecording | None = None

@@ -337,9 +337,14 @@ def test_unwritable_folder_encodes_without_cache(model, photos, tmp_path, caplog
     assert np.allclose(result, encode(model, photos[:4]), atol=1e-6)
 
 
+# Guards against a hung writer, not timings: the spawned child imports torch and
+# open_clip first, which took over 60 s on a 2-core machine shared by other jobs.
+_CHILD_TIMEOUT_S = 300
+
+
 def _encode_in_child(checkpoint: str, paths: list[Path], folder: Path, barrier) -> None:
     model = load_model(checkpoint)
-    barrier.wait(timeout=60)
+    barrier.wait(timeout=_CHILD_TIMEOUT_S)
     with EmbeddingCache(folder) as cache:
         encode_images(model, paths, batch_size=1, progress=False, cache=cache)
 
@@ -355,13 +360,13 @@ def test_two_processes_share_one_cache(model, checkpoints, photos, cache, monkey
     )
     child.start()
     try:
-        barrier.wait(timeout=60)
+        barrier.wait(timeout=_CHILD_TIMEOUT_S)
         # Overlapping halves in opposite orders, so the writers collide on keys.
         encode_images(
             model, photos[8:][::-1], batch_size=1, progress=False, cache=cache
         )
     finally:
-        child.join(timeout=120)
+        child.join(timeout=_CHILD_TIMEOUT_S)
     assert child.exitcode == 0
     assert integrity(cache.path) == "ok"
     assert len(cache) == len(photos)

@@ -422,6 +422,9 @@ def test_help_lists_options(pytester):
         "--modelqa-device=DEVICE",
         "--modelqa-batch-size=N",
         "--modelqa-workers=N",
+        "--modelqa-precision=PRECISION",
+        "--modelqa-cache-dir=DIR",
+        "--modelqa-no-cache",
     ):
         assert option in text
     assert "modelqa_baseline" in text
