@@ -418,7 +418,8 @@ def _broken_suites(root: Path) -> dict[str, str]:
         "syntax", cases=CASES.replace("category: Casual", "category: [Casual")
     )
     messages["syntax"] = (
-        f"{folder}/cases.yaml:3: YAML syntax error: expected ',' or ']', but got '}}'"
+        f"{folder}/cases.yaml:3: YAML syntax error: expected ',' or ']', but got '}}'; "
+        "check the indentation, brackets and quotes at this line"
     )
     folder = suite("duplicate-id")
     manifest = folder / "catalog" / "manifest.csv"
