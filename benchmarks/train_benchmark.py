@@ -8,7 +8,7 @@ bare side is the textbook loop: forward, open_clip's ClipLoss, backward, plain A
 Epochs of the two alternate, so that load from other processes falls on both alike,
 and the median epoch of each gives the ratio.
 
-    PYTHONPATH=$PWD python benchmarks/train_benchmark.py [--rounds 3]
+    PYTHONPATH=$PWD python benchmarks/train_benchmark.py [--rounds 3] [--items N]
 
 Both loops run on the CPU in fp32 with torch's default thread count.
 """
@@ -76,10 +76,15 @@ def bare_epoch(
     return len(images) / (time.perf_counter() - started)
 
 
-def measure(rounds: int, batch_size: int) -> dict:
-    """Alternate trainer and bare epochs `rounds` times; return both rates."""
+def measure(rounds: int, batch_size: int, items: int | None) -> dict:
+    """Alternate trainer and bare epochs `rounds` times; return both rates.
+
+    `items` keeps the first that many training items in both loops (None: all).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         run = build_trainer_run(batch_size, Path(tmp))
+        if items is not None:
+            run.data.train = run.data.train.take(list(range(items)))
         data = run.data.train
         # The bare loop gets the same decoded images and each item's first caption.
         torch.manual_seed(run.config.seed)
@@ -128,12 +133,19 @@ def main() -> int:
     parser.add_argument(
         "--batch-size", type=int, default=128, help="images per batch (default: 128)"
     )
+    parser.add_argument(
+        "--items",
+        type=int,
+        help="train on the first ITEMS footwear train items only (default: all)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.rounds < 1:
         parser.error(f"--rounds: expected ≥ 1, got {args.rounds}")
-    figures = measure(args.rounds, args.batch_size)
+    if args.items is not None and args.items < args.batch_size:
+        parser.error(f"--items: expected ≥ --batch-size, got {args.items}")
+    figures = measure(args.rounds, args.batch_size, args.items)
     print(
         f"{figures['items']} items, batch {figures['batch_size']}, "
         f"{figures['rounds']} epochs each, {figures['threads']} threads: "

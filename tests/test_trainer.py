@@ -531,6 +531,32 @@ def test_rules_flag_underfitting_below_majority_share():
     assert judge_fit(fitting, config, chance).underfitting is False
 
 
+def test_crash_mid_write_keeps_old_state(
+    catalog_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    result = loop.train(tiny_config(catalog_dir, tmp_path / "run", epochs=1))
+    state_file = tmp_path / "run" / checkpoints.STATE_PATH
+    before = state_file.read_bytes()
+    real_save = torch.save
+
+    def save_half_then_crash(body, handle):
+        real_save(body, handle)
+        handle.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.write_train_state(
+            tmp_path / "run", {"model_cfg": TINY_MODEL_CFG}, state_dict={}
+        )
+    monkeypatch.undo()
+    assert state_file.read_bytes() == before
+    assert sorted(path.name for path in state_file.parent.iterdir()) == [
+        state_file.name
+    ]
+    assert loop.train(resume=tmp_path / "run").history == result.history
+
+
 def test_rng_state_round_trips_through_weights_only(tmp_path: Path):
     torch.manual_seed(1)
     random.seed(1)

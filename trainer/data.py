@@ -100,7 +100,7 @@ class Split:
 
 
 def concat_splits(name: str, parts: list[Split]) -> Split:
-    """Join splits of different catalogs into one, its image paths made absolute.
+    """Join splits of different catalogs into one, with each image path resolved.
 
     Ids of every part after the first gain a "catalog name:" prefix so that they
     stay unique, and columns that a part lacks are blank in its rows.
