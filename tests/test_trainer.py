@@ -622,6 +622,23 @@ def test_every_field_has_a_flag_with_help():
     assert "--lock-image, --no-lock-image" in text
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    sorted((REPO_ROOT / "trainer" / "recipes").glob("*.yaml")),
+    ids=lambda path: path.name,
+)
+def test_bundled_recipe_is_valid(recipe: Path, monkeypatch: pytest.MonkeyPatch):
+    # Recipes name their catalogs relative to the repository root.
+    monkeypatch.chdir(REPO_ROOT)
+    config = build_config(recipe)
+    assert config.seed == 0
+    for entry in config.extra_catalogs:
+        assert load_catalog(entry["catalog"]).subset("train").ids
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
