@@ -39,6 +39,8 @@ lint: $(STAMP)
 # Rebuild the bundled stand-in baseline from its seed (about 10 minutes on 2 cores).
 baseline: $(STAMP)
 	$(BIN)/modelqa-train --config trainer/recipes/standin.yaml --out runs/standin
+	$(BIN)/python -m trainer.export runs/standin fixtures/baseline/standin.pt \
+		--dtype float16 --role baseline
 
 clean:
 	rm -rf runs reports .pytest_cache

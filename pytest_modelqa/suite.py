@@ -446,7 +446,9 @@ def _parse_benchmarks(path, node, root, catalog_dirs, default) -> list[Benchmark
     benchmarks = []
     for name, body in node.items():
         where = f"benchmarks.{name}"
-        reader = _Reader(path, body, where, ("catalog", "prompt", "column", "rule"))
+        reader = _Reader(
+            path, body, where, ("catalog", "split", "prompt", "column", "rule")
+        )
         catalog = resolve_catalog(
             reader.get("catalog", str, required=True),
             root,
@@ -454,6 +456,16 @@ def _parse_benchmarks(path, node, root, catalog_dirs, default) -> list[Benchmark
             path,
             reader.line("catalog"),
         )
+        split = reader.get("split", str, "all")
+        _check_split(reader, "split", split)
+        scored = catalog.subset(split)
+        if not len(scored):
+            raise reader.fail(
+                "split",
+                f"catalog {catalog.name!r} has no {split!r} items; "
+                "use a split its manifest assigns, or all",
+            )
+        catalog = scored
         prompt = _check_prompt(
             reader,
             "prompt",

@@ -88,6 +88,20 @@ def test_suite_split_across_files(suite_root):
     assert sorted(case.id for case in suite.cases) == ["casual-white", "sports-black"]
 
 
+def test_benchmark_scores_its_split(suite_root):
+    path = suite_root / "modelqa-suite.yaml"
+    path.write_text(
+        SUITE
+        + "benchmarks:\n"
+        + "  held-out: {catalog: catalog, split: test}\n"
+        + "  whole: {catalog: catalog}\n"
+    )
+    held_out, whole = load(suite_root).benchmarks
+    assert len(held_out.catalog) == 40
+    assert set(held_out.catalog.frame["split"]) == {"test"}
+    assert len(whole.catalog) == 50
+
+
 def test_synonym_maps_attribute_value(suite_root):
     write_case(
         suite_root,
@@ -354,6 +368,16 @@ SUITE_ERRORS = [
         "  cases: cases/*.yaml",
         "  cases: cases/*.yaml\n  gallery_split: everything",
         r"retrieval\.gallery_split: must be train, val, test or all; got 'everything'",
+    ),
+    (
+        "  cases: cases/*.yaml",
+        "  cases: cases/*.yaml\nbenchmarks:\n  own: {catalog: catalog, split: every}",
+        r":12: benchmarks\.own\.split: must be train, val, test or all; got 'every'",
+    ),
+    (
+        "  cases: cases/*.yaml",
+        "  cases: cases/*.yaml\nbenchmarks:\n  own: {catalog: catalog, split: val}",
+        r":12: benchmarks\.own\.split: catalog 'catalog' has no 'val' items",
     ),
     (
         "  cases: cases/*.yaml",

@@ -6,6 +6,7 @@ import csv
 import json
 import random
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,18 @@ from conftest import (
     write_tiny_checkpoint,
 )
 
-from pytest_modelqa.catalog import ids_sha256, load_catalog
-from pytest_modelqa.models import load_model, read_checkpoint
+from pytest_modelqa.catalog import CatalogError, ids_sha256, load_catalog
+from pytest_modelqa.models import build_preprocess, load_model, read_checkpoint
 from trainer import checkpoints, cli, loop
 from trainer.compute import resolve_compute
 from trainer.config import ConfigError, TrainConfig, build_config
-from trainer.data import caption_fields, render_captions
+from trainer.data import (
+    Split,
+    caption_fields,
+    decode_images,
+    epoch_batches,
+    render_captions,
+)
 from trainer.export import export_checkpoint
 from trainer.loss import contrastive_loss
 from trainer.rules import judge_fit
@@ -126,6 +133,101 @@ def test_smoke_run_writes_records(catalog_dir: Path, tmp_path: Path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best_epoch"] == result.best_epoch
     assert summary["candidates"] == ["epoch_1.pt", "epoch_2.pt"]
+
+
+@pytest.fixture(scope="module")
+def apparel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-train, 2-test sample of the apparel catalog, images included."""
+    dest = tmp_path_factory.mktemp("apparel")
+    return copy_catalog_sample("apparel", dest, per_split={"train": 6, "test": 2})
+
+
+def test_extra_catalog_joins_training(
+    catalog_dir: Path, apparel_dir: Path, tmp_path: Path
+):
+    extra = {"catalog": str(apparel_dir), "caption_templates": ["a photo of {category}"]}
+    config = tiny_config(catalog_dir, tmp_path / "run", extra_catalogs=[extra])
+    run = loop.build_run(
+        config, tmp_path / "run", load_catalog(catalog_dir), resolve_compute(config)
+    )
+    apparel_train = load_catalog(apparel_dir).subset("train")
+    train = run.data.train
+    assert len(train) == 12 + 6
+    assert train.images.shape[0] == 18
+    assert train.catalog.ids[12:] == [
+        f"{apparel_train.name}:{item}" for item in apparel_train.ids
+    ]
+    extra_captions = [run.data.captions[i] for i in train.caption_ids[12:, 0]]
+    assert extra_captions[0] == f"a photo of {apparel_train.labels('category')[0]}"
+    # Two slots, because the main catalog has two templates: the single extra
+    # template fills both.
+    assert train.caption_ids.shape == (18, 2)
+    assert torch.equal(train.caption_ids[12:, 0], train.caption_ids[12:, 1])
+    # Validation, the probe and the chance levels come from the main catalog only.
+    assert len(run.data.val) == 8
+    assert set(run.data.probe.catalog.ids) <= set(train.catalog.ids[:12])
+    assert run.data.categories == sorted(
+        set(load_catalog(catalog_dir).labels("category"))
+    )
+    # The resume check covers the extra items too.
+    assert run.identity["train_ids_sha256"] == ids_sha256(train.catalog.ids)
+
+
+def test_extra_catalog_run_trains(catalog_dir: Path, apparel_dir: Path, tmp_path: Path):
+    extra = {"catalog": str(apparel_dir), "caption_templates": ["{category}"]}
+    result = loop.train(
+        tiny_config(catalog_dir, tmp_path / "run", epochs=1, extra_catalogs=[extra])
+    )
+    payload = read_checkpoint(result.candidates[0])
+    assert payload["config"]["extra_catalogs"] == [extra]
+    # 12 main and 6 extra items in batches of 4 make 5 optimizer steps.
+    _, state = checkpoints.read_train_state(tmp_path / "run")
+    assert state["scheduler"]["last_epoch"] == 5
+
+
+def test_extra_catalog_needs_its_columns(
+    catalog_dir: Path, apparel_dir: Path, tmp_path: Path
+):
+    # The default templates name {gender}, which the apparel manifest lacks.
+    config = tiny_config(
+        catalog_dir,
+        tmp_path / "run",
+        caption_templates=["{category}, {gender}"],
+        unlaced_templates=[],
+        extra_catalogs=[{"catalog": str(apparel_dir)}],
+    )
+    with pytest.raises(ConfigError, match="names 'gender', which is not a manifest"):
+        loop.train(config)
+
+
+def test_extra_catalog_without_train_items(catalog_dir: Path, tmp_path: Path):
+    dest = copy_catalog_sample("apparel", tmp_path / "apparel", per_split={"test": 2})
+    config = tiny_config(
+        catalog_dir, tmp_path / "run", extra_catalogs=[{"catalog": str(dest)}]
+    )
+    with pytest.raises(CatalogError, match="has no train items"):
+        loop.train(config)
+
+
+def test_class_balanced_sampling_evens_classes(catalog_dir: Path):
+    config = tiny_config(catalog_dir, Path("unused"), class_balanced=True)
+    train = load_catalog(catalog_dir).subset("train")
+    categories = train.labels("category")
+    names = sorted(set(categories))
+    split = Split(
+        train,
+        decode_images(train, build_preprocess(TINY_PREPROCESS_CFG), workers=0),
+        torch.tensor([[names.index(c)] for c in categories]),
+    )
+    drawn = Counter()
+    for epoch in range(1, 201):
+        for _, caption_ids in epoch_batches(split, config, epoch):
+            drawn.update(names[i] for i in caption_ids.tolist())
+    counts = Counter(categories)
+    assert max(counts.values()) >= 3 * min(counts.values())
+    shares = {name: drawn[name] / drawn.total() for name in names}
+    for name in names:
+        assert shares[name] == pytest.approx(1 / len(names), abs=0.03), name
 
 
 def test_train_never_reads_test_items(catalog_dir: Path, tmp_path: Path):
@@ -429,6 +531,32 @@ def test_rules_flag_underfitting_below_majority_share():
     assert judge_fit(fitting, config, chance).underfitting is False
 
 
+def test_crash_mid_write_keeps_old_state(
+    catalog_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    result = loop.train(tiny_config(catalog_dir, tmp_path / "run", epochs=1))
+    state_file = tmp_path / "run" / checkpoints.STATE_PATH
+    before = state_file.read_bytes()
+    real_save = torch.save
+
+    def save_half_then_crash(body, handle):
+        real_save(body, handle)
+        handle.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.write_train_state(
+            tmp_path / "run", {"model_cfg": TINY_MODEL_CFG}, state_dict={}
+        )
+    monkeypatch.undo()
+    assert state_file.read_bytes() == before
+    assert sorted(path.name for path in state_file.parent.iterdir()) == [
+        state_file.name
+    ]
+    assert loop.train(resume=tmp_path / "run").history == result.history
+
+
 def test_rng_state_round_trips_through_weights_only(tmp_path: Path):
     torch.manual_seed(1)
     random.seed(1)
@@ -494,6 +622,23 @@ def test_every_field_has_a_flag_with_help():
     assert "--lock-image, --no-lock-image" in text
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    sorted((REPO_ROOT / "trainer" / "recipes").glob("*.yaml")),
+    ids=lambda path: path.name,
+)
+def test_bundled_recipe_is_valid(recipe: Path, monkeypatch: pytest.MonkeyPatch):
+    # Recipes name their catalogs relative to the repository root.
+    monkeypatch.chdir(REPO_ROOT)
+    config = build_config(recipe)
+    assert config.seed == 0
+    for entry in config.extra_catalogs:
+        assert load_catalog(entry["catalog"]).subset("train").ids
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -507,6 +652,25 @@ def test_every_field_has_a_flag_with_help():
         (
             {"model_cfg": {}, "caption_templates": ATTRIBUTE},
             "unlaced_templates must give captions",
+        ),
+        (
+            {"model_cfg": {}, "extra_catalogs": ["fixtures/apparel"]},
+            "extra_catalogs: expected dict, got 'fixtures/apparel'",
+        ),
+        (
+            {"model_cfg": {}, "extra_catalogs": [{"catalogue": "x"}]},
+            r"extra_catalogs\[0\]: unknown key 'catalogue'; did you mean 'catalog'\?",
+        ),
+        (
+            {"model_cfg": {}, "extra_catalogs": [{"caption_templates": ["{name}"]}]},
+            r"extra_catalogs\[0\]: expected a catalog folder .* got None",
+        ),
+        (
+            {
+                "model_cfg": {},
+                "extra_catalogs": [{"catalog": "x", "caption_templates": "{name}"}],
+            },
+            r"extra_catalogs\[0\].caption_templates: expected a non-empty list",
         ),
     ],
 )

@@ -38,6 +38,7 @@ FLAG_HELP = {
     "class_balanced": "sample items inversely to the size of their class",
     "balance_by": "manifest column whose classes class_balanced evens out",
     "workers": "image-decoding worker processes (count)",
+    "extra_catalogs": "further catalogs whose train split joins training, as YAML",
     "init": "model spec to fine-tune, or none to train from scratch",
     "model_cfg": "open_clip CLIP config for training from scratch, as YAML",
     "preprocess_cfg": "image preprocessing config, as YAML; none takes the model's",

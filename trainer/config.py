@@ -26,6 +26,7 @@ AUGMENTATIONS = ("none", "flip")
 DEVICES = ("auto", "cpu", "cuda")
 ACCURACY_METRICS = ("val_shoelace_acc", "val_category_acc")
 MONITOR_METRICS = (*ACCURACY_METRICS, "val_loss")
+EXTRA_CATALOG_KEYS = ("catalog", "caption_templates")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,10 @@ class TrainConfig:
     balance_by: str = "category"
     # Processes that decode images before training (count); 0 decodes in-process.
     workers: int = 0
+    # Further catalogs whose train split joins the training items; validation stays
+    # on `catalog`. Each entry maps catalog (folder or manifest CSV) and, optionally,
+    # caption_templates over that catalog's own columns (default: caption_templates).
+    extra_catalogs: list[dict] = field(default_factory=list)
 
     # Model
     # Model spec to fine-tune (any pytest_modelqa.models.load_model spec), or None
@@ -278,11 +283,41 @@ def validate(config: TrainConfig) -> None:
         )
     if not config.caption_templates:
         raise ConfigError("caption_templates: give at least one template")
+    for index, entry in enumerate(config.extra_catalogs):
+        _check_extra_catalog(f"extra_catalogs[{index}]", entry)
     names_lace = any("{shoelace_colour" in t for t in config.caption_templates)
     if names_lace and not config.unlaced_templates:
         raise ConfigError(
             "caption_templates name {shoelace_colour}, so unlaced_templates must give "
             'captions for items without laces, e.g. ["{category} without laces"]'
+        )
+
+
+def _check_extra_catalog(where: str, entry: dict) -> None:
+    for key in entry:
+        if key not in EXTRA_CATALOG_KEYS:
+            close = difflib.get_close_matches(str(key), EXTRA_CATALOG_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint}; "
+                f"use {', '.join(EXTRA_CATALOG_KEYS)}"
+            )
+    if not isinstance(entry.get("catalog"), str):
+        raise ConfigError(
+            f"{where}: expected a catalog folder or manifest path as catalog, "
+            f"got {entry.get('catalog')!r}"
+        )
+    templates = entry.get("caption_templates")
+    if templates is None:
+        return
+    if (
+        not isinstance(templates, list)
+        or not templates
+        or not all(isinstance(template, str) for template in templates)
+    ):
+        raise ConfigError(
+            f"{where}.caption_templates: expected a non-empty list of templates, "
+            f"got {templates!r}"
         )
 
 

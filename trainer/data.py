@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from PIL import Image
 
-from pytest_modelqa.catalog import Catalog, CatalogError, normalise_label
+from pytest_modelqa.catalog import Catalog, CatalogError, load_catalog, normalise_label
 from trainer.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -36,16 +38,21 @@ def caption_fields(row: dict[str, str]) -> dict[str, str]:
 
 
 def render_captions(
-    catalog: Catalog, templates: list[str], unlaced_templates: list[str]
+    catalog: Catalog,
+    templates: list[str],
+    unlaced_templates: list[str],
+    *,
+    slots: int | None = None,
 ) -> list[list[str]]:
     """Return each item's captions, one per template slot.
 
     Laced items use `templates` and the others `unlaced_templates` (or `templates`
-    when that is empty). Both lists are cycled to the longer length, so every item has
-    the same number of slots and slot 0 is always its first template.
+    when that is empty). Both lists are cycled to `slots` entries (default: the longer
+    length), so every item has the same number of slots and slot 0 is always its
+    first template.
     """
     unlaced_templates = unlaced_templates or templates
-    slots = max(len(templates), len(unlaced_templates))
+    slots = slots or max(len(templates), len(unlaced_templates))
     rows = catalog.frame.to_dict("records")
     laced = [is_laced(row.get("shoelace_colour", "")) for row in rows]
     captions = []
@@ -92,12 +99,34 @@ class Split:
         return Split(catalog, self.images[index], self.caption_ids[index])
 
 
+def concat_splits(name: str, parts: list[Split]) -> Split:
+    """Join splits of different catalogs into one, with each image path resolved.
+
+    Ids of every part after the first gain a "catalog name:" prefix so that they
+    stay unique, and columns that a part lacks are blank in its rows.
+    """
+    frames = []
+    for position, part in enumerate(parts):
+        frame = part.catalog.frame.copy()
+        frame["image"] = [str(path) for path in part.catalog.image_paths()]
+        if position:
+            frame["id"] = part.catalog.name + ":" + frame["id"]
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True).fillna("")
+    first = parts[0].catalog
+    return Split(
+        Catalog(name, first.root, frame, first.sha256),
+        torch.cat([part.images for part in parts]),
+        torch.cat([part.caption_ids for part in parts]),
+    )
+
+
 @dataclass
 class TrainingData:
     """Everything the loop and the validation read, built once per run."""
 
     catalog: Catalog
-    train: Split
+    train: Split  # the catalog's train split, then that of each extra catalog
     val: Split
     probe: Split  # fixed seeded sample of laced training items
     tokens: torch.Tensor  # (U, context_length) token ids of each distinct caption
@@ -112,11 +141,33 @@ def load_training_data(
 ) -> TrainingData:
     """Load the catalog's train and val splits with images, captions and tokens."""
     _check_catalog(catalog, config)
+    extras = [_load_extra_catalog(entry, config) for entry in config.extra_catalogs]
+    # Every split gets the same number of caption slots, and the least common
+    # multiple keeps each catalog's templates equally likely.
+    slots = math.lcm(
+        len(config.caption_templates),
+        len(config.unlaced_templates or config.caption_templates),
+        *(len(templates) for _, templates in extras),
+    )
     captions: dict[str, int] = {}  # caption text -> its row in TrainingData.tokens
     train, val = (
-        _load_split(catalog.subset(name), config, preprocess, captions)
+        _load_split(
+            catalog.subset(name),
+            (config.caption_templates, config.unlaced_templates),
+            slots,
+            config.workers,
+            preprocess,
+            captions,
+        )
         for name in ("train", "val")
     )
+    extra_parts = [
+        _load_split(part, (templates, []), slots, config.workers, preprocess, captions)
+        for part, templates in extras
+    ]
+    if extra_parts:
+        names = "+".join(part.catalog.name for part in [train, *extra_parts])
+        train = concat_splits(names, [train, *extra_parts])
     texts = list(captions)
     colours = catalog.labels("shoelace_colour")
     data = TrainingData(
@@ -132,8 +183,10 @@ def load_training_data(
     )
     _check_monitor(config, data)
     logger.info(
-        "data: %d train, %d val (%d laced), %d probe items, %d distinct captions",
+        "data: %d train (%d from extra catalogs), %d val (%d laced), %d probe items, "
+        "%d distinct captions",
         len(train),
+        sum(len(part) for part in extra_parts),
         len(val),
         len(laced_indices(val)),
         len(data.probe),
@@ -159,15 +212,39 @@ def _check_catalog(catalog: Catalog, config: TrainConfig) -> None:
         )
 
 
+def _load_extra_catalog(entry: dict, config: TrainConfig) -> tuple[Catalog, list[str]]:
+    """Return an extra catalog's train split and the caption templates it uses."""
+    part = load_catalog(entry["catalog"]).subset("train")
+    if not len(part):
+        raise CatalogError(
+            f"extra_catalogs: catalog {entry['catalog']} has no train items; "
+            "give its manifest a split column with train rows"
+        )
+    if config.class_balanced and config.balance_by not in part.frame.columns:
+        raise ConfigError(
+            f"balance_by: {config.balance_by!r} is not a column of extra catalog "
+            f"{entry['catalog']}; columns are {', '.join(part.frame.columns)}"
+        )
+    return part, entry.get("caption_templates") or config.caption_templates
+
+
 def _load_split(
-    part: Catalog, config: TrainConfig, preprocess: Callable, captions: dict[str, int]
+    part: Catalog,
+    templates: tuple[list[str], list[str]],
+    slots: int,
+    workers: int,
+    preprocess: Callable,
+    captions: dict[str, int],
 ) -> Split:
-    """Caption and decode one split, adding its new captions to `captions`."""
-    per_item = render_captions(part, config.caption_templates, config.unlaced_templates)
+    """Caption and decode one split, adding its new captions to `captions`.
+
+    `templates` is (caption templates, unlaced templates).
+    """
+    per_item = render_captions(part, *templates, slots=slots)
     ids = [
         [captions.setdefault(text, len(captions)) for text in row] for row in per_item
     ]
-    images = decode_images(part, preprocess, workers=config.workers)
+    images = decode_images(part, preprocess, workers=workers)
     return Split(part, images, torch.tensor(ids, dtype=torch.long))
 
 
