@@ -434,3 +434,18 @@ def _summarise(
         p_value_better=(at_or_below_zero + 1) / (differences.size + 1),
         n_items=int(n_items),
     )
+
+
+def above_chance_p_value(correct: int, n: int, *, chance: float) -> float:
+    """Return the one-sided binomial p-value of `correct` hits in `n` at rate `chance`.
+
+    It is P(X >= correct) for X ~ Binomial(n, chance): small when the hits are
+    unlikely under guessing at that rate.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1; got {n}")
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct must be in [0, n={n}]; got {correct}")
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be in (0, 1); got {chance}")
+    return float(binom.sf(correct - 1, n, chance))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import copy_catalog_sample, write_tiny_checkpoint
 
-from pytest_modelqa.runner import EncodeOptions, ModelPool, SuiteRunner
+from pytest_modelqa.runner import BaselineError, EncodeOptions, ModelPool, SuiteRunner
 from pytest_modelqa.suite import load_suite
 
 SUITE = """\
@@ -128,3 +128,42 @@ def test_bundled_shoelace_suite_cases():
             frame["shoelace_colour"] == case.attribute
         )
         assert counts[case.id] == own.sum() - 1
+
+
+def _planted_classification(runner, spec, truth, predicted):
+    """Replace the model's phase 1 answers, keeping its other figures."""
+    figures = runner.figures(spec)
+    figures.classification["y_true"] = truth
+    figures.classification["y_pred"] = predicted
+
+
+def test_baseline_naming_one_class_looks_broken(setup):
+    runner, spec, _, _ = setup
+    classes = runner.figures(spec).classification["classes"]
+    truth = [classes[0]] * 100 + [classes[1]] * 100
+    # Always naming the majority class scores 0.5, far above uniform guessing, so
+    # only the rule on answers that ignore the image can catch it.
+    _planted_classification(runner, spec, truth, [classes[0]] * len(truth))
+    with pytest.raises(BaselineError, match=r"names '.*' for all 200 items"):
+        runner.check_baseline_sane()
+
+
+def test_baseline_near_guessing_looks_broken(setup):
+    runner, spec, _, _ = setup
+    classes = runner.figures(spec).classification["classes"]
+    truth = [classes[i % len(classes)] for i in range(200)]
+    shifted = [classes[(i + 1) % len(classes)] for i in range(200)]
+    _planted_classification(runner, spec, truth, shifted)
+    with pytest.raises(BaselineError, match="not above uniform guessing"):
+        runner.check_baseline_sane()
+
+
+def test_weak_baseline_above_guessing_is_sane(setup):
+    runner, spec, _, _ = setup
+    classes = runner.figures(spec).classification["classes"]
+    truth = [classes[0]] * 150 + [classes[1]] * 50
+    # Right on a third of the majority items only: 0.25 accuracy, far below the
+    # majority share (0.75) but far above uniform guessing over the 8 classes.
+    predicted = [classes[0]] * 50 + [classes[2]] * 100 + [classes[0]] * 50
+    _planted_classification(runner, spec, truth, predicted)
+    runner.check_baseline_sane()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pytest_modelqa import statistics
 from pytest_modelqa.statistics import (
+    above_chance_p_value,
     mcnemar_exact,
     paired_bootstrap,
     paired_bootstrap_metric,
@@ -456,3 +457,20 @@ def test_resolves_with_bootstrap_half_width(rank_points):
     result = paired_bootstrap(candidate, baseline, statistic=np.sum)
     assert resolves(result.half_width, margin_or_tolerance=result.half_width)
     assert not resolves(result.half_width, margin_or_tolerance=result.half_width / 2)
+
+
+@pytest.mark.parametrize(
+    ("correct", "n", "chance", "expected"),
+    [
+        (10, 10, 0.5, 1 / 1024),  # every trial a hit
+        (0, 10, 0.5, 1.0),  # P(X >= 0) is certain
+        (9, 10, 0.5, 11 / 1024),  # 10 choose 9 plus 10 choose 10, over 2^10
+    ],
+)
+def test_above_chance_p_value_by_hand(correct, n, chance, expected):
+    assert above_chance_p_value(correct, n, chance=chance) == pytest.approx(expected)
+
+
+def test_above_chance_p_value_rejects_bad_counts():
+    with pytest.raises(ValueError, match=r"correct must be in \[0, n=5\]; got 6"):
+        above_chance_p_value(6, 5, chance=0.2)
