@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import random
 import tomllib
@@ -782,3 +783,28 @@ def test_cli_rejects_candidate_as_resume_state(
     code, err = run_cli(["--resume", str(candidate)], capsys)
     assert code == 2
     assert "is not a resume state (its role is 'candidate')" in err
+
+
+def test_cli_full_disk_keeps_saved_epochs(
+    catalog_dir: Path, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "run"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config(catalog_dir, out).to_dict()))
+    real_save = torch.save
+    calls = []
+
+    def save_until_disk_is_full(obj, handle, *args, **kwargs):
+        # Epoch 1 writes its candidate and the resume state; the disk fills after.
+        calls.append(handle)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_disk_is_full)
+    code, err = run_cli(["--config", str(config_path)], capsys)
+    assert code == 1
+    assert "modelqa-train: error: [Errno 28] No space left on device." in err
+    assert "continue with --resume RUN_FOLDER" in err
+    assert read_checkpoint(out / "epoch_1.pt")["epoch"] == 1
+    assert not (out / "epoch_2.pt").exists()

@@ -181,7 +181,11 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run modelqa-train; return 0, 2 for a usage error, or the gate's pytest code."""
+    """Run modelqa-train and return its exit code.
+
+    That is 0, 1 for a failed read or write, 2 for a usage error, 130 when
+    interrupted, or the gate's pytest code with --gate.
+    """
     args = build_parser().parse_args(argv)
     try:
         setup_logging(args.log_level)
@@ -195,6 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{PROG}: interrupted; continue with --resume RUN_FOLDER", file=sys.stderr
         )
         return 130
+    except OSError as error:
+        # Checkpoints are written atomically, so a full disk or a lost folder leaves
+        # every file of the earlier epochs whole.
+        print(
+            f"{PROG}: error: {error}. Files of the epochs saved before it are intact; "
+            "fix the cause, then continue with --resume RUN_FOLDER",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
