@@ -458,6 +458,12 @@ def _parse_benchmarks(path, node, root, catalog_dirs, default) -> list[Benchmark
         )
         split = reader.get("split", str, "all")
         _check_split(reader, "split", split)
+        if not len(catalog):
+            raise reader.fail(
+                "catalog",
+                f"catalog {catalog.name!r} has no items to benchmark on; add rows to "
+                "its manifest",
+            )
         scored = catalog.subset(split)
         if not len(scored):
             raise reader.fail(
@@ -472,10 +478,6 @@ def _parse_benchmarks(path, node, root, catalog_dirs, default) -> list[Benchmark
             reader.get("prompt", str, "a photo of a {value}"),
             fields=("value",),
         )
-        if not len(catalog):
-            raise reader.fail(
-                "catalog", f"catalog {catalog.name!r} has no items to benchmark on"
-            )
         column = reader.get("column", str, "category")
         if column not in catalog.frame.columns:
             raise reader.fail(
