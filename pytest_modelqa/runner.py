@@ -276,7 +276,7 @@ class SuiteRunner:
             raise BaselineError(f"baseline could not be loaded: {error}") from error
 
     def check_baseline_sane(self) -> None:
-        """Raise BaselineError when the baseline's phase 1 answers ignore the images.
+        """Raise BaselineError when the baseline's phase 1 predictions ignore images.
 
         That is the case when its zero-shot accuracy is not above uniform guessing
         over the classes (one-sided binomial p-value above BASELINE_CHANCE_ALPHA),
@@ -305,7 +305,7 @@ class SuiteRunner:
         elif len(named) == 1 and len(set(truth)) > 1:
             reason = (
                 f"it names {next(iter(named))!r} for all {len(truth)} items, so its "
-                "answers do not depend on the image"
+                "predictions do not depend on the image"
             )
         if reason is not None:
             raise BaselineError(

@@ -131,7 +131,7 @@ def test_bundled_shoelace_suite_cases():
 
 
 def _planted_classification(runner, spec, truth, predicted):
-    """Replace the model's phase 1 answers, keeping its other figures."""
+    """Replace the model's phase 1 predictions, keeping its other figures."""
     figures = runner.figures(spec)
     figures.classification["y_true"] = truth
     figures.classification["y_pred"] = predicted
@@ -142,7 +142,7 @@ def test_baseline_naming_one_class_looks_broken(setup):
     classes = runner.figures(spec).classification["classes"]
     truth = [classes[0]] * 100 + [classes[1]] * 100
     # Always naming the majority class scores 0.5, far above uniform guessing, so
-    # only the rule on answers that ignore the image can catch it.
+    # only the rule on predictions that ignore the image can catch it.
     _planted_classification(runner, spec, truth, [classes[0]] * len(truth))
     with pytest.raises(BaselineError, match=r"names '.*' for all 200 items"):
         runner.check_baseline_sane()
