@@ -396,12 +396,13 @@ def _describe_object(value: Any) -> str:
 def _check_finite(state_dict: dict[str, torch.Tensor], source: Path | str) -> None:
     for name, tensor in state_dict.items():
         if tensor.is_floating_point() or tensor.is_complex():
+            if torch.isfinite(tensor).all():
+                continue
             bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise ModelLoadError(
-                    f"{source}: weight {name} contains NaN or infinity ({bad} of "
-                    f"{tensor.numel()} values)"
-                )
+            raise ModelLoadError(
+                f"{source}: weight {name} contains NaN or infinity ({bad} of "
+                f"{tensor.numel()} values)"
+            )
 
 
 def _read_state_dict(path: Path) -> tuple[dict, dict]:

@@ -38,7 +38,7 @@ BASELINE_CHANCE_ALPHA = 0.01
 
 @dataclass
 class EncodeOptions:
-    """How images and texts go through a model, and where their embeddings are kept.
+    """Encoding settings: device, batch size, workers, precision, cache, progress.
 
     `progress_output` returns the context in which progress bars are drawn. The
     plugin passes one that suspends pytest's output capture, so that the bars reach
@@ -278,10 +278,10 @@ class SuiteRunner:
     def check_baseline_sane(self) -> None:
         """Raise BaselineError when the baseline's phase 1 predictions ignore images.
 
-        That is the case when its zero-shot accuracy is not above uniform guessing
-        over the classes (one-sided binomial p-value above BASELINE_CHANCE_ALPHA),
-        or when it names the same class for every item, as open_clip weights loaded
-        with the wrong activation (QuickGELU or GELU) can. A baseline that never
+        Its accuracy must beat uniform guessing over the classes, by a one-sided
+        binomial p-value of at most BASELINE_CHANCE_ALPHA. It must also name more
+        than one class, which open_clip weights loaded with the wrong activation
+        (QuickGELU or GELU) may fail to do. A baseline that never
         learned the attribute may still score below the most frequent class's
         share, and stays a valid yardstick.
         """

@@ -256,7 +256,7 @@ def manifests(draw) -> list[list[str]]:
 @given(table=manifests(), quote=st.booleans())
 def test_fuzzed_rows_give_catalog_or_error(tmp_path, table, quote):
     # Rows written by csv.writer are well-formed CSV; joined by bare commas they
-    # break wherever a field holds a comma, quote or line break.
+    # break wherever a field contains a comma, quote or line break.
     buffer = io.StringIO()
     if quote:
         csv.writer(buffer).writerows(table)

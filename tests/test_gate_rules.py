@@ -426,7 +426,7 @@ def test_interval_clear_of_the_bound_is_resolved():
     assert "unresolved" not in verdict.details
 
 
-def test_select_tie_broken_by_zero_shot_not_summed_deltas():
+def test_select_tie_breaker_is_zero_shot():
     # epoch-1 has the higher zero-shot accuracy; epoch-2 a far larger rank score
     # delta, which must not count, because the tie-breaker is zero-shot accuracy.
     verdicts = [

@@ -366,8 +366,8 @@ def optimizer_step(run: Run) -> None:
     if run.config.grad_clip_norm is not None:
         trainable = [p for p in run.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(trainable, run.config.grad_clip_norm)
-    # NOTE: with amp, the scaler skips a step whose gradients overflowed while the
-    # schedule still advances; this CUDA path has not run on this project's machines.
+    # NOTE: with amp, the scaler skips a step whose gradients overflowed, but the
+    # schedule still advances. This CUDA path has not run on this project's machines.
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
